@@ -1,0 +1,1 @@
+"""Everything between AnnData / ImageContainer / SpatialData and tensors."""

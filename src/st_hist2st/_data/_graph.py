@@ -1,0 +1,150 @@
+"""The spot graph and the grid positions that the model embeds."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+from sklearn.neighbors import NearestNeighbors
+
+from st_hist2st._constants import Key
+from st_hist2st._utils import get_spatial
+
+logger = logging.getLogger(__name__)
+
+Layout = Literal["auto", "st", "visium"]
+#: The paper's rule for legacy ST arrays: k nearest spots on the grid, kept within this grid distance.
+ST_NEIGHBOURS, ST_MAX_GRID_DISTANCE = 4, 2.0
+
+
+def grid_positions(adata: AnnData, spatial_key: str = Key.spatial, libraries: pd.Series | None = None) -> np.ndarray:
+    """Integer (column, row) array position of each spot.
+
+    Taken from ``obs['array_col']`` / ``obs['array_row']``; when those are missing, inferred per library from
+    ``obsm[spatial_key]`` on a square lattice whose spacing is the median distance to the nearest spot.
+    """
+    if Key.array_row in adata.obs and Key.array_col in adata.obs:
+        pos = adata.obs[[Key.array_col, Key.array_row]].to_numpy()
+        if not np.isfinite(pos.astype(float)).all():
+            raise ValueError("`adata.obs['array_row']` / `['array_col']` contain missing values.")
+        if (pos < 0).any():
+            raise ValueError("`adata.obs['array_row']` / `['array_col']` must be non-negative grid indices.")
+        return np.rint(pos.astype(float)).astype(np.int64)
+    coords = get_spatial(adata, spatial_key)
+    libraries = pd.Series(np.zeros(adata.n_obs)) if libraries is None else libraries
+    pos = np.zeros((adata.n_obs, 2), dtype=np.int64)
+    for lib in pd.unique(libraries):
+        idx = np.flatnonzero((libraries == lib).to_numpy())
+        xy = coords[idx]
+        if len(idx) < 2:
+            continue
+        dist, _ = NearestNeighbors(n_neighbors=2).fit(xy).kneighbors(xy)
+        spacing = float(np.median(dist[:, 1]))
+        if spacing <= 0:
+            raise ValueError(f"Spots of library {lib!r} share coordinates; cannot infer their grid positions.")
+        pos[idx] = np.rint((xy - xy.min(0)) / spacing).astype(np.int64)
+    logger.info("inferred grid positions from `obsm[%r]` (no `obs['array_row']`/`['array_col']`)", spatial_key)
+    return pos
+
+
+def detect_layout(positions: np.ndarray) -> Literal["st", "visium"]:
+    """Visium's hexagonal array indexes spots with ``(row + col)`` of one parity; legacy ST uses every point."""
+    parity = positions.sum(1) % 2
+    return "visium" if len(positions) > 2 and (parity == parity[0]).all() else "st"
+
+
+def build_connectivities(
+    adata: AnnData,
+    *,
+    library_key: str | None,
+    spatial_key: str = Key.spatial,
+    layout: Layout = "auto",
+    positions: np.ndarray | None = None,
+) -> sparse.csr_matrix:
+    """Build the spot graph with :func:`squidpy.gr.spatial_neighbors` on a scratch AnnData.
+
+    Legacy ST (the paper's rule): the 4 nearest spots in grid coordinates, kept when at most 2 grid units
+    away, no self-loops. Visium: the 6 hexagonal neighbours. ``adata`` is not modified.
+    """
+    import squidpy as sq
+
+    positions = grid_positions(adata, spatial_key) if positions is None else positions
+    if layout == "auto":
+        layout = detect_layout(positions)
+    scratch = AnnData(obs=pd.DataFrame(index=adata.obs_names.copy()))
+    if library_key is not None and library_key in adata.obs:
+        scratch.obs[library_key] = pd.Categorical(adata.obs[library_key].astype(str).to_numpy())
+    else:
+        library_key = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if layout == "visium":
+            scratch.obsm[Key.spatial] = get_spatial(adata, spatial_key)
+            sq.gr.spatial_neighbors(scratch, library_key=library_key, coord_type="grid", n_neighs=6)
+            conn = scratch.obsp["spatial_connectivities"].tocsr()
+        elif layout == "st":
+            scratch.obsm["grid"] = positions.astype(np.float64)
+            n_neighs = max(1, min(ST_NEIGHBOURS, adata.n_obs - 1))
+            sq.gr.spatial_neighbors(
+                scratch, spatial_key="grid", library_key=library_key, coord_type="generic", n_neighs=n_neighs
+            )
+            conn = scratch.obsp["spatial_connectivities"].tocsr()
+            dist = scratch.obsp["spatial_distances"].tocsr()
+            conn = conn.multiply(dist <= ST_MAX_GRID_DISTANCE).tocsr()
+        else:
+            raise ValueError(f"`layout` must be 'auto', 'st' or 'visium', got {layout!r}.")
+    conn.setdiag(0)
+    conn.eliminate_zeros()
+    logger.info("built the %s spot graph with squidpy.gr.spatial_neighbors (%d edges)", layout, conn.nnz)
+    return conn
+
+
+def get_connectivities(
+    adata: AnnData,
+    *,
+    library_key: str | None,
+    connectivity_key: str = Key.connectivities,
+    spatial_key: str = Key.spatial,
+    layout: Layout = "auto",
+    positions: np.ndarray | None = None,
+) -> sparse.csr_matrix:
+    """``obsp[connectivity_key]`` when present, otherwise the graph of :func:`build_connectivities`."""
+    if connectivity_key in adata.obsp:
+        conn = sparse.csr_matrix(adata.obsp[connectivity_key])
+    else:
+        logger.info("`adata.obsp[%r]` not found; building the spot graph", connectivity_key)
+        conn = build_connectivities(
+            adata, library_key=library_key, spatial_key=spatial_key, layout=layout, positions=positions
+        )
+    return conn
+
+
+def to_edge_index(conn: sparse.spmatrix, libraries: pd.Series | None = None) -> np.ndarray:
+    """``(2, n_edges)`` edge index (source, target) from connectivities where ``conn[i, j]`` makes ``j`` a neighbour of ``i``.
+
+    Self-loops are dropped. Edges between libraries are an error; spots without neighbours a warning.
+    """
+    coo = sparse.coo_matrix(conn)
+    keep = (coo.row != coo.col) & (coo.data != 0)
+    rows, cols = coo.row[keep], coo.col[keep]
+    if libraries is not None and rows.size:
+        codes = pd.Categorical(libraries).codes
+        crossing = codes[rows] != codes[cols]
+        if crossing.any():
+            raise ValueError(
+                f"The spot graph has {int(crossing.sum())} edges between different libraries. Build it per "
+                "library, e.g. `sq.gr.spatial_neighbors(adata, library_key=...)`."
+            )
+    isolated = np.setdiff1d(np.arange(conn.shape[0]), rows)
+    if isolated.size:
+        warnings.warn(
+            f"{isolated.size} spot(s) have no neighbours in the spot graph; the GNN gives them a zero message.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return np.stack([cols, rows]).astype(np.int64)

@@ -1,0 +1,167 @@
+"""One image abstraction for the three places an H&E image can live.
+
+Every source is turned into an :class:`ImageSource`: an ``(height, width, channels)`` array that is sliced lazily
+(numpy, dask, xarray or zarr) plus the affine map from full-resolution (x, y) coordinates to its pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from anndata import AnnData
+
+from st_hist2st._constants import Key
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """An RGB image and the map from full-resolution coordinates to its pixels.
+
+    A full-resolution point ``(x, y)`` lies at image pixel ``(row, col) = (y * scale[1] + offset[1],
+    x * scale[0] + offset[0])``.
+
+    Parameters
+    ----------
+    array
+        ``(height, width, channels)`` array; only the windows that are cropped are ever read.
+    scale
+        Pixels of this image per full-resolution pixel along x and y.
+    offset
+        Image pixel of the full-resolution origin, along x and y.
+    name
+        Where the image came from, for messages.
+    """
+
+    array: Any
+    scale: tuple[float, float]
+    offset: tuple[float, float] = (0.0, 0.0)
+    name: str = "image"
+
+    @property
+    def height(self) -> int:
+        """Image height in pixels."""
+        return int(self.array.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Image width in pixels."""
+        return int(self.array.shape[1])
+
+    def to_pixels(self, coords: np.ndarray) -> np.ndarray:
+        """Map ``(n, 2)`` full-resolution (x, y) to ``(n, 2)`` image (x, y) pixel coordinates."""
+        coords = np.asarray(coords, dtype=np.float64)
+        return coords * np.asarray(self.scale) + np.asarray(self.offset)
+
+    def read(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
+        """Read the window ``[row0, row1) x [col0, col1)`` (inside the image) as a uint8 RGB array."""
+        window = np.asarray(self.array[row0:row1, col0:col1])
+        return as_rgb_uint8(window, name=self.name)
+
+
+def as_rgb_uint8(window: np.ndarray, *, name: str = "image") -> np.ndarray:
+    """Bring an image window to ``(h, w, 3)`` uint8: grey is repeated, alpha dropped, [0, 1] floats scaled."""
+    if window.ndim == 2:
+        window = window[..., None]
+    if window.shape[-1] == 1:
+        window = np.repeat(window, 3, axis=-1)
+    elif window.shape[-1] == 4:
+        window = window[..., :3]
+    elif window.shape[-1] != 3:
+        raise ValueError(f"{name} must have 1, 3 or 4 channels, got {window.shape[-1]}.")
+    if window.dtype == np.uint8:
+        return window
+    if np.issubdtype(window.dtype, np.floating):
+        # scanpy stores Visium images as float in [0, 1]
+        scale = 255.0 if window.size == 0 or float(np.nanmax(window)) <= 1.0 else 1.0
+        return np.clip(np.rint(window * scale), 0, 255).astype(np.uint8)
+    if window.dtype == np.uint16:
+        return (window // 257).astype(np.uint8)
+    return np.clip(window, 0, 255).astype(np.uint8)
+
+
+def image_from_anndata(adata: AnnData, image_key: str, library_id: str) -> ImageSource:
+    """Image ``uns['spatial'][library_id]['images'][image_key]`` scaled by ``tissue_{image_key}_scalef``."""
+    spatial = adata.uns.get(Key.spatial)
+    if not isinstance(spatial, dict) or not spatial:
+        raise KeyError(
+            "`adata.uns['spatial']` holds no images. Store them as `uns['spatial'][library_id]['images']"
+            "[image_key]` with `scalefactors` (the scanpy Visium layout), or pass `image=` with a squidpy "
+            "ImageContainer or a SpatialData object."
+        )
+    if library_id not in spatial:
+        raise KeyError(
+            f"Library {library_id!r} has no entry in `adata.uns['spatial']` (libraries there: {list(spatial)}). "
+            "Check `library_key=` or add the library's images."
+        )
+    entry = spatial[library_id]
+    images = entry.get(Key.images, {})
+    if image_key not in images:
+        raise KeyError(
+            f"Unknown `image_key={image_key!r}` for library {library_id!r}; available images: {list(images)}."
+        )
+    scalefactors = entry.get(Key.scalefactors, {})
+    scale_name = f"tissue_{image_key}_scalef"
+    if scale_name not in scalefactors:
+        raise KeyError(
+            f"Missing scale factor `adata.uns['spatial'][{library_id!r}]['scalefactors'][{scale_name!r}]`: "
+            f"it maps `obsm['spatial']` (full-resolution pixels) onto the {image_key!r} image. Add it "
+            "(1.0 for a full-resolution image)."
+        )
+    scale = float(scalefactors[scale_name])
+    if not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"Scale factor {scale_name!r} of library {library_id!r} must be positive, got {scale}.")
+    return ImageSource(
+        images[image_key], (scale, scale), name=f"uns['spatial'][{library_id!r}]['images'][{image_key!r}]"
+    )
+
+
+def image_from_container(container: Any, layer: str, library_id: str | None = None) -> ImageSource:
+    """Layer ``layer`` of a squidpy :class:`~squidpy.im.ImageContainer` at its ``scale`` attribute.
+
+    A container with several z-planes holds one library per plane, named by ``library_id``.
+    """
+    if layer not in container:
+        raise KeyError(f"Unknown `image_key={layer!r}`; the ImageContainer has layers {list(container)}.")
+    arr = container[layer]
+    if "z" in arr.dims:
+        zs = [str(z) for z in arr.coords["z"].values]
+        if arr.sizes["z"] == 1:
+            arr = arr.isel(z=0)
+        elif library_id in zs:
+            arr = arr.isel(z=zs.index(library_id))
+        else:
+            raise KeyError(f"Library {library_id!r} is not a z-plane of the ImageContainer (planes: {zs}).")
+    arr = arr.transpose("y", "x", ...)
+    scale = float(container.data.attrs.get("scale", 1.0))
+    return ImageSource(arr.data, (scale, scale), name=f"ImageContainer[{layer!r}]")
+
+
+def image_from_spatialdata(sdata: Any, element: str, coordinate_system: str = "global") -> ImageSource:
+    """Image element ``element`` of a SpatialData object, through its transformation to ``coordinate_system``.
+
+    Only axis-aligned transformations (scale and translation) are supported; the table's ``obsm['spatial']``
+    must be in ``coordinate_system``.
+    """
+    from spatialdata.transformations import get_transformation
+
+    if element not in sdata.images:
+        raise KeyError(f"Unknown `image_key={element!r}`; the SpatialData object has images {list(sdata.images)}.")
+    image = sdata.images[element]
+    if hasattr(image, "children") and not hasattr(image, "dims"):  # multiscale: level 0 is full resolution
+        image = next(iter(image["scale0"].values()))
+    transforms = get_transformation(image, get_all=True)
+    if coordinate_system not in transforms:
+        raise KeyError(
+            f"Image {element!r} has no transformation to coordinate system {coordinate_system!r} "
+            f"(it has {list(transforms)}); pass `coordinate_system=`."
+        )
+    matrix = transforms[coordinate_system].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
+    if abs(matrix[0, 1]) > 1e-9 or abs(matrix[1, 0]) > 1e-9:
+        raise ValueError(f"Image {element!r} is rotated or sheared in {coordinate_system!r}; not supported.")
+    # matrix maps image pixels to coordinates; invert the axis-aligned affine map
+    sx, sy = 1.0 / matrix[0, 0], 1.0 / matrix[1, 1]
+    offset = (-matrix[0, 2] * sx, -matrix[1, 2] * sy)
+    arr = image.transpose("y", "x", "c")
+    return ImageSource(arr.data, (sx, sy), offset, name=f"SpatialData image {element!r}")

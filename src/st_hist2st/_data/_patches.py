@@ -1,0 +1,100 @@
+"""Crop one uint8 patch per spot from an :class:`ImageSource`, a band of rows at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from st_hist2st._constants import PAD_VALUE, PATCH_SIZE
+from st_hist2st._data._image import ImageSource
+
+
+def crop_windows(source: ImageSource, coords: np.ndarray, crop_size: float) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Top-left image pixel (x0, y0) of the crop around each spot and the crop sides in image pixels.
+
+    Raises
+    ------
+    ValueError
+        When a spot centre lies outside the image.
+    """
+    pix = source.to_pixels(coords)
+    inside = (pix[:, 0] >= 0) & (pix[:, 0] < source.width) & (pix[:, 1] >= 0) & (pix[:, 1] < source.height)
+    if not inside.all():
+        bad = np.flatnonzero(~inside)
+        raise ValueError(
+            f"{bad.size} spot(s) lie outside {source.name} ({source.width} x {source.height} px), e.g. spot "
+            f"{int(bad[0])} at image pixel (x, y) = {tuple(np.round(pix[bad[0]], 1))}. Check that "
+            "`obsm['spatial']` is in full-resolution pixels and that the scale factor matches the image."
+        )
+    side_x = max(1, int(np.floor(crop_size * source.scale[0] + 0.5)))
+    side_y = max(1, int(np.floor(crop_size * source.scale[1] + 0.5)))
+    x0 = np.floor(pix[:, 0] + 0.5).astype(np.int64) - side_x // 2
+    y0 = np.floor(pix[:, 1] + 0.5).astype(np.int64) - side_y // 2
+    return x0, y0, side_x, side_y
+
+
+def crop_patches(
+    source: ImageSource,
+    coords: np.ndarray,
+    crop_size: float,
+    *,
+    patch_size: int = PATCH_SIZE,
+    band_rows: int = 1024,
+    show_progress_bar: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut a square patch of side ``crop_size`` full-resolution pixels around each spot.
+
+    Only a band of about ``band_rows`` image rows is read at a time, so memory grows with the number of
+    spots, not with the image. Parts outside the image are filled with white (255).
+
+    Parameters
+    ----------
+    source
+        The image.
+    coords
+        ``(n, 2)`` spot centres (x, y) in full-resolution pixels.
+    crop_size
+        Side of the crop in full-resolution pixels.
+    patch_size
+        Side of the returned patches; crops of another size are resized (bilinear, antialiased).
+    band_rows
+        Image rows read at once.
+    show_progress_bar
+        Show a progress bar over the bands.
+
+    Returns
+    -------
+    ``(n, 3, patch_size, patch_size)`` uint8 patches and the fraction of each patch that is padding.
+    """
+    n = len(coords)
+    x0, y0, side_x, side_y = crop_windows(source, coords, crop_size)
+    patches = np.empty((n, 3, patch_size, patch_size), dtype=np.uint8)
+    padded = np.zeros(n, dtype=np.float64)
+    order = np.argsort(y0, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(y0[order] // max(band_rows, 1))) + 1) if n else []
+    for group in tqdm(groups, desc="cropping patches", disable=not show_progress_bar, unit="band"):
+        gx0, gy0 = x0[group], y0[group]
+        r0, r1 = max(0, int(gy0.min())), min(source.height, int(gy0.max()) + side_y)
+        c0, c1 = max(0, int(gx0.min())), min(source.width, int(gx0.max()) + side_x)
+        band = source.read(r0, r1, c0, c1)
+        crops = np.full((len(group), side_y, side_x, 3), PAD_VALUE, dtype=np.uint8)
+        for k, (cx, cy) in enumerate(zip(gx0, gy0, strict=True)):
+            ya, yb = max(int(cy), r0), min(int(cy) + side_y, r1)
+            xa, xb = max(int(cx), c0), min(int(cx) + side_x, c1)
+            crops[k, ya - cy : yb - cy, xa - cx : xb - cx] = band[ya - r0 : yb - r0, xa - c0 : xb - c0]
+            padded[group[k]] = 1.0 - max(yb - ya, 0) * max(xb - xa, 0) / (side_x * side_y)
+        patches[group] = resize_patches(crops, patch_size)
+    return patches, padded
+
+
+def resize_patches(crops: np.ndarray, patch_size: int) -> np.ndarray:
+    """``(n, h, w, 3)`` uint8 crops to ``(n, 3, patch_size, patch_size)`` uint8 patches."""
+    chw = torch.from_numpy(crops).permute(0, 3, 1, 2)
+    if chw.shape[-2:] == (patch_size, patch_size):
+        return chw.contiguous().numpy()
+    resized = F.interpolate(
+        chw.float(), size=(patch_size, patch_size), mode="bilinear", antialias=True, align_corners=False
+    )
+    return resized.round_().clamp_(0, 255).to(torch.uint8).numpy()

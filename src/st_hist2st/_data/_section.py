@@ -1,0 +1,208 @@
+"""Turn an AnnData (with its images) into one model-ready :class:`Section` per library."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+
+from st_hist2st._constants import MOSTLY_PADDED, PATCH_SIZE, Key
+from st_hist2st._data._graph import Layout, get_connectivities, grid_positions, to_edge_index
+from st_hist2st._data._image import ImageSource, image_from_anndata, image_from_container, image_from_spatialdata
+from st_hist2st._data._patches import crop_patches
+from st_hist2st._data._targets import expression_targets, get_counts, size_factors
+from st_hist2st._utils import check_libraries, get_libraries, get_spatial
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Section:
+    """One tissue section, ready for the model.
+
+    Attributes
+    ----------
+    library_id
+        Name of the section.
+    obs_index
+        Positions of its spots in the AnnData it came from.
+    patches
+        ``(n, 3, 112, 112)`` uint8 patches, one per spot.
+    positions
+        ``(n, 2)`` integer (column, row) grid positions.
+    edge_index
+        ``(2, n_edges)`` graph, local spot indices, messages flow from row 0 to row 1.
+    targets, counts, size_factors
+        ``(n, n_genes)`` transformed expression and raw counts, ``(n,)`` size factors; ``None`` without expression.
+    """
+
+    library_id: str
+    obs_index: np.ndarray
+    patches: torch.Tensor
+    positions: torch.Tensor
+    edge_index: torch.Tensor
+    targets: torch.Tensor | None = None
+    counts: torch.Tensor | None = None
+    size_factors: torch.Tensor | None = None
+    padded: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def n_spots(self) -> int:
+        """Number of spots."""
+        return len(self.obs_index)
+
+
+def resolve_image(adata: AnnData, image_key: str, library_id: str, image: Any = None) -> ImageSource:
+    """The image of ``library_id``: from ``image`` (ImageContainer or SpatialData) or ``adata.uns['spatial']``."""
+    if image is None:
+        return image_from_anndata(adata, image_key, library_id)
+    kind = type(image).__name__
+    if kind == "ImageContainer":
+        return image_from_container(image, image_key, library_id)
+    if kind == "SpatialData":
+        return image_from_spatialdata(image, image_key)
+    if isinstance(image, ImageSource):
+        return image
+    raise TypeError(f"`image` must be a squidpy ImageContainer or a SpatialData object, got {kind}.")
+
+
+def default_crop_size(adata: AnnData, library_id: str) -> float:
+    """``spot_diameter_fullres`` of the library, the default crop side."""
+    try:
+        return float(adata.uns[Key.spatial][library_id][Key.scalefactors]["spot_diameter_fullres"])
+    except (KeyError, TypeError):
+        raise KeyError(
+            f"No `crop_size` given and no `uns['spatial'][{library_id!r}]['scalefactors']['spot_diameter_fullres']`"
+            " to default to; pass `crop_size=` in full-resolution pixels (112 on her2st, as the paper)."
+        ) from None
+
+
+def extract_patches(
+    adata: AnnData,
+    image_key: str,
+    *,
+    library_key: str | None = Key.library,
+    spatial_key: str = Key.spatial,
+    image: Any = None,
+    crop_size: float | None = None,
+    patch_size: int = PATCH_SIZE,
+    show_progress_bar: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Patches for every spot of ``adata`` (library by library) and the padded fraction of each."""
+    coords = get_spatial(adata, spatial_key)
+    libraries = get_libraries(adata, library_key)
+    patches = np.empty((adata.n_obs, 3, patch_size, patch_size), dtype=np.uint8)
+    padded = np.zeros(adata.n_obs)
+    sources = {lib: resolve_image(adata, image_key, lib, image) for lib in libraries.cat.categories}
+    for lib, source in sources.items():
+        idx = np.flatnonzero((libraries == lib).to_numpy())
+        side = default_crop_size(adata, lib) if crop_size is None else float(crop_size)
+        if not side > 0:
+            raise ValueError(f"`crop_size` must be positive, got {side}.")
+        patches[idx], padded[idx] = crop_patches(
+            source, coords[idx], side, patch_size=patch_size, show_progress_bar=show_progress_bar
+        )
+    n_padded, n_mostly = int((padded > 0).sum()), int((padded > MOSTLY_PADDED).sum())
+    if n_padded:
+        logger.info("%d of %d patches reach over the image border and were padded with white", n_padded, len(padded))
+    if n_mostly > 0.05 * len(padded):
+        warnings.warn(
+            f"{n_mostly} of {len(padded)} patches are more than half padding; check `crop_size` and the scale factor.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return patches, padded
+
+
+def prepare_sections(
+    adata: AnnData,
+    image_key: str,
+    *,
+    genes: Sequence[str] | None,
+    library_key: str | None = Key.library,
+    libraries: Sequence[str] | None = None,
+    layer: str | None = None,
+    spatial_key: str = Key.spatial,
+    connectivity_key: str = Key.connectivities,
+    layout: Layout = "auto",
+    image: Any = None,
+    crop_size: float | None = None,
+    n_pos: int | None = None,
+    show_progress_bar: bool = True,
+) -> list[Section]:
+    """Check every input, then build one :class:`Section` per library.
+
+    With ``genes=None`` no expression is read (prediction on H&E only).
+    """
+    coords = get_spatial(adata, spatial_key)
+    libs = get_libraries(adata, library_key)
+    if adata.n_obs == 0:
+        raise ValueError("`adata` has no spots.")
+    wanted = check_libraries(list(libs.cat.categories), libraries, argument="libraries")
+    positions = grid_positions(adata, spatial_key, libs)
+    if n_pos is not None and positions.max() >= n_pos:
+        raise ValueError(
+            f"Grid positions go up to {int(positions.max())} but the model embeds at most {n_pos} per axis; "
+            "use a model with larger `n_pos` (Visium needs 128)."
+        )
+    counts_all = get_counts(adata, list(genes), layer) if genes is not None else None
+    # resolve images and crop sizes before any long work, so bad input fails fast
+    sources = {lib: resolve_image(adata, image_key, lib, image) for lib in wanted}
+    sides = {lib: default_crop_size(adata, lib) if crop_size is None else float(crop_size) for lib in wanted}
+    conn = get_connectivities(
+        adata,
+        library_key=library_key if library_key in adata.obs else None,
+        connectivity_key=connectivity_key,
+        spatial_key=spatial_key,
+        layout=layout,
+        positions=positions,
+    )
+    sections = []
+    for lib in wanted:
+        idx = np.flatnonzero((libs == lib).to_numpy())
+        if idx.size == 0:
+            raise ValueError(f"Library {lib!r} has no spots.")
+        sub = conn[idx][:, idx]
+        outside = conn[idx].nnz - sub.nnz
+        if outside:
+            raise ValueError(
+                f"The spot graph has {outside} edges from library {lib!r} to other libraries. Build it per library,"
+                " e.g. `sq.gr.spatial_neighbors(adata, library_key=...)`."
+            )
+        patches, padded = crop_patches(
+            sources[lib], coords[idx], sides[lib], patch_size=PATCH_SIZE, show_progress_bar=show_progress_bar
+        )
+        section = Section(
+            library_id=str(lib),
+            obs_index=idx,
+            patches=torch.from_numpy(patches),
+            positions=torch.from_numpy(positions[idx]),
+            edge_index=torch.from_numpy(to_edge_index(sub)),
+            padded=padded,
+        )
+        if counts_all is not None:
+            counts = counts_all[idx]
+            section.counts = torch.from_numpy(counts)
+            section.targets = torch.from_numpy(expression_targets(counts))
+            section.size_factors = torch.from_numpy(size_factors(counts))
+        sections.append(section)
+    return sections
+
+
+def library_summary(sections: Sequence[Section]) -> pd.DataFrame:
+    """One row per section: spots, edges, padded patches."""
+    return pd.DataFrame(
+        {
+            "library_id": [s.library_id for s in sections],
+            "n_spots": [s.n_spots for s in sections],
+            "n_edges": [int(s.edge_index.shape[1]) for s in sections],
+            "n_padded": [int((s.padded > 0).sum()) for s in sections],
+        }
+    ).set_index("library_id")

@@ -1,0 +1,50 @@
+"""Regression targets, raw counts and size factors, as the paper prepares them."""
+
+from __future__ import annotations
+
+import numpy as np
+from anndata import AnnData
+
+from st_hist2st._utils import get_matrix, to_dense
+
+
+def get_counts(adata: AnnData, genes: list[str], layer: str | None = None) -> np.ndarray:
+    """Raw counts of ``genes`` as a dense float32 ``(n_obs, n_genes)`` array, checked to be counts.
+
+    Raises
+    ------
+    ValueError
+        For NaN, negative or non-integer values.
+    """
+    matrix = get_matrix(adata, layer)
+    idx = adata.var_names.get_indexer(genes)
+    counts = to_dense(matrix[:, idx])
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    if np.isnan(counts).any():
+        raise ValueError(f"{where} contains NaN; Hist2ST needs raw integer counts (pass `layer=` with the counts).")
+    if (counts < 0).any():
+        raise ValueError(f"{where} contains negative values; Hist2ST needs raw integer counts, not scaled data.")
+    if not np.array_equal(counts, np.rint(counts)):
+        raise ValueError(
+            f"{where} contains non-integer values, so it does not hold raw counts (it looks normalised or "
+            "log-transformed). Pass `layer=` naming the layer with raw counts, e.g. `adata.layers['counts']`."
+        )
+    return counts
+
+
+def expression_targets(counts: np.ndarray) -> np.ndarray:
+    """The Hist2ST target ``log10(1 + 1e4 * c / sum(c))`` per spot, the sum over the given genes only.
+
+    Spots with no counts get zeros.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum(1, keepdims=True)
+    scaled = np.divide(counts * 1e4, total, out=np.zeros_like(counts), where=total > 0)
+    return np.log10(1.0 + scaled).astype(np.float32)
+
+
+def size_factors(counts: np.ndarray) -> np.ndarray:
+    """Library size over the given genes divided by its median within the section (1 where the median is 0)."""
+    total = np.asarray(counts, dtype=np.float64).sum(1)
+    median = float(np.median(total)) if total.size else 0.0
+    return (total / median if median > 0 else np.ones_like(total)).astype(np.float32)

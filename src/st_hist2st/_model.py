@@ -1,0 +1,341 @@
+"""The user-facing Hist2ST model: fit on AnnData, predict on AnnData, save and load."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from tqdm.auto import tqdm
+
+from st_hist2st._constants import Key
+from st_hist2st._data._section import Section, prepare_sections
+from st_hist2st._utils import check_adata, check_libraries, get_libraries
+from st_hist2st.model._module import Architecture, Hist2STModule
+from st_hist2st.model._plan import Hist2STPlan
+from st_hist2st.model._training import Training
+from st_hist2st.model._training import preset as get_preset
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.pt"
+
+
+class SectionDataset(torch.utils.data.Dataset):
+    """Sections as dicts of tensors, one per item."""
+
+    def __init__(self, sections: Sequence[Section]) -> None:
+        self.items = [section_batch(s) for s in sections]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.items[index]
+
+
+def section_batch(section: Section) -> dict[str, torch.Tensor]:
+    """The tensors of a section that the model needs."""
+    batch = {"patches": section.patches, "positions": section.positions, "edge_index": section.edge_index}
+    for name in ("targets", "counts", "size_factors"):
+        if getattr(section, name) is not None:
+            batch[name] = getattr(section, name)
+    return batch
+
+
+def _identity(batch):
+    return batch
+
+
+class Hist2ST:
+    """Hist2ST (Zeng et al., 2022): gene expression of each spot from its H&E patch, the whole section and its neighbours.
+
+    Parameters
+    ----------
+    genes
+        Genes the model predicts, in order.
+    preset
+        ``'paper'`` (the published settings) or ``'fast'`` (converges within a CPU budget of minutes; see
+        :doc:`/model`).
+    seed
+        Seed of the initial weights.
+    **settings
+        Overrides of :class:`~st_hist2st.model.Architecture` (e.g. ``depth2=2``) or
+        :class:`~st_hist2st.model.Training` (e.g. ``learning_rate=1e-4``) fields.
+
+    Examples
+    --------
+    >>> model = hist2st.tl.fit(adata, "fullres", crop_size=112, max_epochs=50)  # doctest: +SKIP
+    >>> model.save("hist2st_model")  # doctest: +SKIP
+    >>> model = hist2st.Hist2ST.load("hist2st_model")  # doctest: +SKIP
+    """
+
+    def __init__(self, genes: Sequence[str], *, preset: str = "paper", seed: int = 0, **settings: Any) -> None:
+        genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
+        if not genes or len(set(genes)) != len(genes):
+            raise ValueError("`genes` must be a non-empty list of distinct gene names.")
+        arch, training = get_preset(preset, **settings)
+        self.genes: list[str] = genes
+        self.preset = preset
+        self.architecture = Architecture(n_genes=len(genes), **arch)
+        self.training = training
+        #: Settings used to turn an AnnData into model input; filled by :meth:`fit`.
+        self.preprocessing: dict[str, Any] = {}
+        self.history: pd.DataFrame = pd.DataFrame()
+        self.is_trained = False
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.module = Hist2STModule(self.architecture)
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        adata: AnnData,
+        image_key: str,
+        *,
+        library_key: str | None = Key.library,
+        layer: str | None = None,
+        spatial_key: str = Key.spatial,
+        connectivity_key: str = Key.connectivities,
+        validation_libraries: Sequence[str] | None = None,
+        image: Any = None,
+        crop_size: float | None = None,
+        layout: str = "auto",
+        max_epochs: int | None = None,
+        accelerator: str = "auto",
+        devices: int | str | Sequence[int] = "auto",
+        strategy: str | Any = "auto",
+        num_nodes: int = 1,
+        precision: str | int = "32-true",
+        seed: int = 0,
+        show_progress_bar: bool = True,
+        trainer_kwargs: dict[str, Any] | None = None,
+    ) -> Hist2ST:
+        """Train on the libraries of ``adata``; see :func:`st_hist2st.tl.fit` for the parameters."""
+        import lightning as L
+
+        check_adata(adata)
+        if max_epochs is not None:
+            self.training = replace(self.training, max_epochs=int(max_epochs))
+        libs = get_libraries(adata, library_key)
+        all_libs = list(libs.cat.categories)
+        val_libs = (
+            check_libraries(all_libs, validation_libraries, argument="validation_libraries")
+            if (validation_libraries is not None)
+            else []
+        )
+        train_libs = [lib for lib in all_libs if lib not in val_libs]
+        if not train_libs:
+            raise ValueError("Every library is in `validation_libraries`; leave at least one for training.")
+        common = {
+            "genes": self.genes,
+            "library_key": library_key,
+            "layer": layer,
+            "spatial_key": spatial_key,
+            "connectivity_key": connectivity_key,
+            "layout": layout,
+            "image": image,
+            "crop_size": crop_size,
+            "n_pos": self.architecture.n_pos,
+            "show_progress_bar": show_progress_bar,
+        }
+        train = prepare_sections(adata, image_key, libraries=train_libs, **common)
+        val = prepare_sections(adata, image_key, libraries=val_libs, **common) if val_libs else []
+        self.preprocessing = {
+            "image_key": image_key,
+            "crop_size": None if crop_size is None else float(crop_size),
+            "layer": layer,
+            "library_key": library_key,
+            "spatial_key": spatial_key,
+            "connectivity_key": connectivity_key,
+            "layout": layout,
+            "train_libraries": train_libs,
+            "validation_libraries": val_libs,
+        }
+        loader = torch.utils.data.DataLoader(SectionDataset(train), batch_size=None, shuffle=True, collate_fn=_identity)
+        val_loader = (
+            torch.utils.data.DataLoader(SectionDataset(val), batch_size=None, collate_fn=_identity) if val else None
+        )
+        with tempfile.TemporaryDirectory(prefix="hist2st-") as tmp, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            history_path = str(Path(tmp) / "history.json")
+            plan = Hist2STPlan(self.architecture.to_dict(), self.training.to_dict(), history_path)
+            plan.net.load_state_dict(self.module.state_dict())
+            kwargs = {
+                "max_epochs": self.training.max_epochs,
+                "accelerator": accelerator,
+                "devices": devices,
+                "strategy": strategy,
+                "num_nodes": num_nodes,
+                "precision": precision,
+                "gradient_clip_val": self.training.gradient_clip,
+                "enable_progress_bar": show_progress_bar,
+                "enable_model_summary": False,
+                "enable_checkpointing": False,
+                "logger": False,
+                "num_sanity_val_steps": 0,
+                "default_root_dir": tmp,
+                "log_every_n_steps": 1,
+            }
+            kwargs.update(trainer_kwargs or {})
+            trainer = L.Trainer(**kwargs)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", ".*does not have many workers.*")
+                warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+                trainer.fit(plan, loader, val_loader)
+            history = json.loads(Path(history_path).read_text()) if Path(history_path).exists() else plan.history
+        self.module.load_state_dict(plan.net.state_dict())
+        self.module.cpu()
+        previous = self.history
+        self.history = pd.concat([previous, pd.DataFrame(history)], ignore_index=True)
+        self.is_trained = True
+        return self
+
+    # ------------------------------------------------------------------ prediction
+    def predict(
+        self,
+        adata: AnnData,
+        image_key: str | None = None,
+        *,
+        library_key: str | None = Key.library,
+        spatial_key: str = Key.spatial,
+        connectivity_key: str = Key.connectivities,
+        image: Any = None,
+        crop_size: float | None = None,
+        device: str | torch.device | None = None,
+        precision: str = "32",
+        show_progress_bar: bool = True,
+    ) -> np.ndarray:
+        """Predicted transformed expression, ``(n_obs, n_genes)`` float32 in the order of ``genes``.
+
+        See :func:`st_hist2st.tl.predict` for the parameters; ``adata`` is not modified.
+        """
+        self._check_trained()
+        check_adata(adata)
+        if precision not in ("32", "bf16"):
+            raise ValueError(f"`precision` must be '32' or 'bf16', got {precision!r}.")
+        image_key = self.preprocessing.get("image_key") if image_key is None else image_key
+        if image_key is None:
+            raise ValueError("Pass `image_key=`: the model does not know which image it was trained on.")
+        crop_size = self.preprocessing.get("crop_size") if crop_size is None else crop_size
+        sections = prepare_sections(
+            adata,
+            image_key,
+            genes=None,
+            library_key=library_key,
+            spatial_key=spatial_key,
+            connectivity_key=connectivity_key,
+            layout=self.preprocessing.get("layout", "auto"),
+            image=image,
+            crop_size=crop_size,
+            n_pos=self.architecture.n_pos,
+            show_progress_bar=show_progress_bar,
+        )
+        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        out = np.full((adata.n_obs, len(self.genes)), np.nan, dtype=np.float32)
+        module = self.module.to(device).eval()
+        try:
+            for section in tqdm(sections, desc="predicting", unit="section", disable=not show_progress_bar):
+                out[section.obs_index] = self.predict_section(section, device, precision)
+        finally:
+            self.module.cpu()
+        del module
+        return out
+
+    def predict_section(self, section: Section, device: torch.device, precision: str = "32") -> np.ndarray:
+        """Predicted expression of one prepared section."""
+        batch = {k: v.to(device) for k, v in section_batch(section).items()}
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            pred = self.module(batch["patches"], batch["positions"], batch["edge_index"]).expression[0]
+        return pred.float().cpu().numpy()
+
+    def _check_trained(self) -> None:
+        if not self.is_trained:
+            raise RuntimeError("The model is not trained; call `hist2st.tl.fit` (or `model.fit`) first.")
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        """Everything but the weights, JSON-safe."""
+        from st_hist2st import __version__
+
+        return {
+            "class": type(self).__name__,
+            "format_version": FORMAT_VERSION,
+            "package_version": __version__,
+            "preset": self.preset,
+            "genes": self.genes,
+            "architecture": self.architecture.to_dict(),
+            "training": self.training.to_dict(),
+            "preprocessing": self.preprocessing,
+            "is_trained": self.is_trained,
+            "history": json.loads(self.history.to_json(orient="records")) if len(self.history) else [],
+        }
+
+    def save(self, path: str | Path, overwrite: bool = False) -> None:
+        """Write ``config.json`` and the weights (``model.pt``, a plain state dict) into the folder ``path``."""
+        path = Path(path)
+        if path.exists() and any(path.iterdir()) and not overwrite:
+            raise FileExistsError(f"{path} exists and is not empty; pass `overwrite=True` to replace it.")
+        path.mkdir(parents=True, exist_ok=True)
+        (path / CONFIG_FILE).write_text(json.dumps(self.config(), indent=1))
+        torch.save(self.module.state_dict(), path / WEIGHTS_FILE)
+        logger.info("saved the model to %s", path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Hist2ST:
+        """Rebuild a model saved with :meth:`save` (weights loaded with ``weights_only=True``)."""
+        path = Path(path)
+        if not (path / CONFIG_FILE).exists():
+            raise FileNotFoundError(f"{path / CONFIG_FILE} not found; is {path} a folder written by `model.save`?")
+        config = json.loads((path / CONFIG_FILE).read_text())
+        if config.get("class") != cls.__name__ or config.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(
+                f"{path} holds a {config.get('class')} in format {config.get('format_version')}; this version "
+                f"reads {cls.__name__} up to format {FORMAT_VERSION}."
+            )
+        model = cls.__new__(cls)
+        model.genes = list(config["genes"])
+        model.preset = config.get("preset", "paper")
+        model.architecture = Architecture(**config["architecture"])
+        model.training = Training(**config["training"])
+        model.preprocessing = dict(config["preprocessing"])
+        model.history = pd.DataFrame(config.get("history", []))
+        model.is_trained = bool(config["is_trained"])
+        model.module = Hist2STModule(model.architecture)
+        model.module.load_state_dict(torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+        return model
+
+    @property
+    def n_parameters(self) -> int:
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.module.parameters())
+
+    def __repr__(self) -> str:
+        genes = ", ".join(self.genes[:3]) + (", ..." if len(self.genes) > 3 else "")
+        state = "trained" if self.is_trained else "untrained"
+        return (
+            f"Hist2ST({state}, preset={self.preset!r}, {len(self.genes)} genes [{genes}], "
+            f"{self.n_parameters:,} parameters, dim={self.architecture.dim})"
+        )
+
+
+def resolve_model(model: Hist2ST | str | Path) -> Hist2ST:
+    """A :class:`Hist2ST` or the folder it was saved in."""
+    if isinstance(model, Hist2ST):
+        return model
+    if isinstance(model, str | Path):
+        return Hist2ST.load(model)
+    raise TypeError(f"`model` must be a Hist2ST or the folder of a saved one, got {type(model).__name__}.")
+
+
+__all__ = ["Hist2ST", "resolve_model"]

@@ -1,0 +1,117 @@
+"""Validators shared by the public functions: they fail early with messages that name the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from st_hist2st._constants import Key
+
+
+def check_adata(adata: Any, *, name: str = "adata") -> AnnData:
+    """Check that ``adata`` is an :class:`~anndata.AnnData` and not a view."""
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"`{name}` must be an AnnData, got {type(adata).__name__}.")
+    return adata
+
+
+def check_not_view(adata: AnnData, *, name: str = "adata") -> None:
+    """Refuse to write into a view, which would silently copy."""
+    if adata.is_view:
+        raise ValueError(f"`{name}` is a view; call `{name} = {name}.copy()` before writing into it.")
+
+
+def check_inplace_copy(inplace: bool, copy: bool) -> None:
+    """``inplace=False`` and ``copy=True`` contradict each other."""
+    if copy and not inplace:
+        raise ValueError("`copy=True` and `inplace=False` contradict each other; choose one.")
+
+
+def get_spatial(adata: AnnData, spatial_key: str = Key.spatial) -> np.ndarray:
+    """Return ``obsm[spatial_key]`` as an ``(n_obs, 2)`` float array of (x, y) full-resolution pixels."""
+    if spatial_key not in adata.obsm:
+        raise KeyError(
+            f"No spot coordinates in `adata.obsm[{spatial_key!r}]`. Store the (x, y) spot centres in "
+            f"full-resolution pixels there, or pass `spatial_key=` naming the key that has them "
+            f"(available: {list(adata.obsm)})."
+        )
+    coords = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
+    if coords.ndim != 2 or coords.shape[1] < 2:
+        raise ValueError(f"`adata.obsm[{spatial_key!r}]` must have shape (n_obs, 2), got {coords.shape}.")
+    coords = coords[:, :2]
+    if not np.isfinite(coords).all():
+        raise ValueError(f"`adata.obsm[{spatial_key!r}]` contains NaN or infinite coordinates.")
+    return coords
+
+
+def get_libraries(adata: AnnData, library_key: str | None) -> pd.Series:
+    """Library of every spot as a categorical Series; one library when ``library_key`` is absent."""
+    if library_key is None or (library_key not in adata.obs and library_key == Key.library):
+        spatial = adata.uns.get(Key.spatial, {})
+        name = next(iter(spatial)) if isinstance(spatial, dict) and len(spatial) == 1 else "library"
+        return pd.Series(pd.Categorical([name] * adata.n_obs), index=adata.obs_names)
+    if library_key not in adata.obs:
+        raise KeyError(
+            f"`adata.obs[{library_key!r}]` does not exist; pass `library_key=` naming the column that holds "
+            f"the section of each spot (columns: {list(adata.obs.columns)})."
+        )
+    libs = adata.obs[library_key].astype(str).astype("category")
+    return libs.cat.remove_unused_categories()
+
+
+def check_libraries(available: Sequence[str], requested: Sequence[str] | None, *, argument: str) -> list[str]:
+    """Check that every requested library exists."""
+    if requested is None:
+        return list(available)
+    requested = [requested] if isinstance(requested, str) else list(requested)
+    missing = [lib for lib in requested if lib not in available]
+    if missing:
+        raise ValueError(f"`{argument}` names unknown libraries {missing}; available: {list(available)}.")
+    return requested
+
+
+def resolve_genes(adata: AnnData, genes: Sequence[str] | None) -> list[str]:
+    """Genes to model: given ones, else ``var['highly_variable']`` when present, else all of ``var_names``."""
+    if genes is None:
+        if Key.highly_variable in adata.var:
+            genes = adata.var_names[adata.var[Key.highly_variable].to_numpy(bool)].tolist()
+            if not genes:
+                raise ValueError("`adata.var['highly_variable']` selects no gene; pass `genes=` explicitly.")
+        else:
+            genes = adata.var_names.tolist()
+    else:
+        genes = [genes] if isinstance(genes, str) else list(genes)
+        missing = [g for g in genes if g not in adata.var_names]
+        if missing:
+            raise KeyError(
+                f"{len(missing)} of the requested `genes` are not in `adata.var_names`, "
+                f"e.g. {missing[:5]}; drop them or check the gene naming (symbols vs. Ensembl ids)."
+            )
+    if len(set(genes)) != len(genes):
+        raise ValueError("`genes` contains duplicates; pass each gene once.")
+    if not genes:
+        raise ValueError("`genes` is empty.")
+    return list(genes)
+
+
+def get_matrix(adata: AnnData, layer: str | None) -> np.ndarray | sparse.spmatrix:
+    """``X`` or ``layers[layer]`` with a clear error when the layer is missing."""
+    if layer is None:
+        if adata.X is None:
+            raise ValueError("`adata.X` is empty; pass `layer=` naming the layer that holds the raw counts.")
+        return adata.X
+    if layer not in adata.layers:
+        raise KeyError(f"`adata.layers[{layer!r}]` does not exist; available layers: {list(adata.layers)}.")
+    return adata.layers[layer]
+
+
+def to_dense(matrix: Any) -> np.ndarray:
+    """Dense float32 copy of a dense or sparse matrix."""
+    if sparse.issparse(matrix):
+        matrix = matrix.toarray()
+    return np.asarray(matrix, dtype=np.float32)

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_GREY = (0.299, 0.587, 0.114)
+
+
+class SectionAugment(nn.Module):
+    r"""Random augmentations for self-distillation, one draw per pass applied to all patches of the section.
+
+    Per pass, in order: greyscale with probability ``p_grey``, rotation by an angle uniform in
+    ``[-max_angle, max_angle]`` degrees (nearest neighbour, corners filled with 0, as torchvision's
+    ``RandomRotation``), horizontal flip with probability ``p_flip``. Runs batched on the patches' device;
+    uint8 patches stay uint8.
+
+    Shapes
+    ------
+    input ``(N, C, H, W)``, output ``(passes, N, C, H, W)`` of the same dtype.
+    """
+
+    def __init__(self, p_grey: float = 0.1, max_angle: float = 90.0, p_flip: float = 0.2) -> None:
+        super().__init__()
+        self.p_grey, self.max_angle, self.p_flip = p_grey, max_angle, p_flip
+        self.chunk = 2048
+
+    def forward(self, x: torch.Tensor, passes: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        n = x.shape[0]
+        draws = torch.rand(passes, 3, generator=generator)
+        out = torch.empty((passes, *x.shape), dtype=x.dtype, device=x.device)
+        for p in range(passes):
+            grey, angle = bool(draws[p, 0] < self.p_grey), float(draws[p, 1] * 2 - 1) * self.max_angle
+            flip = bool(draws[p, 2] < self.p_flip)
+            for start in range(0, n, self.chunk):
+                out[p, start : start + self.chunk] = self.transform(x[start : start + self.chunk], grey, angle, flip)
+        return out
+
+    @staticmethod
+    def transform(x: torch.Tensor, grey: bool, angle: float, flip: bool) -> torch.Tensor:
+        """Apply one draw to a batch of patches; uint8 in, uint8 out (rounded as torchvision does)."""
+        n, c, h, w = x.shape
+        y = x.float()
+        if grey and c == 3:
+            weights = torch.tensor(_GREY, dtype=y.dtype, device=y.device).view(1, 3, 1, 1)
+            y = (y * weights).sum(1, keepdim=True).expand(n, c, h, w)
+        rad = math.radians(angle)
+        sign = -1.0 if flip else 1.0
+        # output pixel (u, v) samples the input at R(angle) @ (sign * u, v): a flip after the rotation
+        theta = torch.tensor(
+            [[math.cos(rad) * sign, -math.sin(rad), 0.0], [math.sin(rad) * sign, math.cos(rad), 0.0]],
+            dtype=y.dtype,
+            device=y.device,
+        ).expand(n, 2, 3)
+        grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
+        y = F.grid_sample(y, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        if x.dtype == torch.uint8:
+            return y.round_().clamp_(0, 255).to(torch.uint8)
+        return y.to(x.dtype)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p_grey={self.p_grey}, max_angle={self.max_angle}, p_flip={self.p_flip})"

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ConvMixerBlock(nn.Module):
+    r"""One ConvMixer block of Hist2ST.
+
+    Two depthwise convolutions (each followed by BatchNorm and GELU) with a residual connection, then a
+    pointwise convolution, GELU and BatchNorm.
+
+    Parameters
+    ----------
+    channels
+        Feature channels.
+    kernel_size
+        Side of the depthwise kernels (``same`` padding).
+
+    Shapes
+    ------
+    input ``(B, channels, H, W)``, output ``(B, channels, H, W)``.
+    """
+
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.channels, self.kernel_size = channels, kernel_size
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(channels, channels, kernel_size, groups=channels, padding="same"),
+            nn.BatchNorm2d(channels),
+            nn.GELU(),
+            nn.Conv2d(channels, channels, kernel_size, groups=channels, padding="same"),
+            nn.BatchNorm2d(channels),
+            nn.GELU(),
+        )
+        self.pointwise = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.GELU(), nn.BatchNorm2d(channels))
+
+    def reset_parameters(self) -> None:
+        """Re-initialise all weights."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d | nn.BatchNorm2d):
+                module.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x) + x)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.channels}, kernel_size={self.kernel_size})"
+
+
+class PatchEncoder(nn.Module):
+    r"""Image patch to spot token: patch embedding, dropout, ConvMixer, 1x1 reduction, flatten.
+
+    Parameters
+    ----------
+    fig_size
+        Side of the input patch in pixels.
+    patch_size
+        Kernel and stride of the patch embedding.
+    channels
+        Channels of the ConvMixer.
+    kernel_size
+        Depthwise kernel of the ConvMixer.
+    depth
+        Number of ConvMixer blocks.
+    dropout
+        Dropout on the patch embedding.
+
+    Shapes
+    ------
+    input ``(B, 3, fig_size, fig_size)``, output ``(B, dim)`` with
+    ``dim = (fig_size // patch_size) ** 2 * channels // 8``.
+    """
+
+    def __init__(
+        self,
+        fig_size: int = 112,
+        patch_size: int = 7,
+        channels: int = 32,
+        kernel_size: int = 5,
+        depth: int = 2,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if channels % 8:
+            raise ValueError(f"`channel` must be a multiple of 8, got {channels}.")
+        self.fig_size, self.patch_size, self.channels = fig_size, patch_size, channels
+        self.embed = nn.Conv2d(3, channels, patch_size, patch_size)
+        self.dropout = nn.Dropout(dropout)
+        self.mixer = nn.Sequential(*[ConvMixerBlock(channels, kernel_size) for _ in range(depth)])
+        self.reduce = nn.Conv2d(channels, channels // 8, 1)
+
+    @property
+    def dim(self) -> int:
+        """Size of the token of a spot."""
+        return (self.fig_size // self.patch_size) ** 2 * self.channels // 8
+
+    def reset_parameters(self) -> None:
+        """Re-initialise all weights."""
+        self.embed.reset_parameters()
+        self.reduce.reset_parameters()
+        for block in self.mixer:
+            block.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # channels-last halves the time of the depthwise convolutions on CPU (oneDNN)
+        x = self.mixer(self.dropout(self.embed(x.contiguous(memory_format=torch.channels_last))))
+        return self.reduce(x).flatten(1)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(fig_size={self.fig_size}, patch_size={self.patch_size}, "
+            f"channels={self.channels}, depth={len(self.mixer)}, dim={self.dim})"
+        )

@@ -1,0 +1,182 @@
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from st_hist2st.model._augment import SectionAugment
+from st_hist2st.model._convmixer import PatchEncoder
+from st_hist2st.model._gnn import GraphJumpingKnowledge
+from st_hist2st.model._heads import ExpressionHead, PassWeight, ZINBHead
+from st_hist2st.model._transformer import Transformer
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Hyperparameters of the Hist2ST network; the defaults are the paper's.
+
+    Attributes
+    ----------
+    n_genes
+        Genes predicted.
+    fig_size
+        Side of the input patch in pixels.
+    patch_size
+        Kernel and stride of the patch embedding.
+    channel
+        Channels of the ConvMixer.
+    kernel_size
+        Depthwise kernel of the ConvMixer.
+    depth1
+        ConvMixer blocks.
+    depth2
+        Transformer blocks.
+    depth3
+        GNN layers.
+    heads
+        Attention heads.
+    dim_head
+        Width of each attention head.
+    dropout
+        Dropout on the patch embedding, in attention and in the feed-forward nets.
+    n_pos
+        Entries of the positional embedding table per grid axis (64 for legacy ST, at least 128 for Visium).
+    policy
+        GNN aggregation, ``'mean'`` or ``'max'``.
+    zinb
+        Whether the ZINB heads exist.
+    distillation
+        Whether the self-distillation weight head exists.
+    pixel_scale
+        Factor applied to the 0-255 pixel values (1 as the paper; 1/255 scales to [0, 1]).
+    """
+
+    n_genes: int = 785
+    fig_size: int = 112
+    patch_size: int = 7
+    channel: int = 32
+    kernel_size: int = 5
+    depth1: int = 2
+    depth2: int = 8
+    depth3: int = 4
+    heads: int = 16
+    dim_head: int = 64
+    dropout: float = 0.2
+    n_pos: int = 64
+    policy: str = "mean"
+    zinb: bool = True
+    distillation: bool = True
+    pixel_scale: float = 1.0
+
+    @property
+    def dim(self) -> int:
+        """Size of a spot's token and representation."""
+        return (self.fig_size // self.patch_size) ** 2 * self.channel // 8
+
+    def to_dict(self) -> dict:
+        """JSON-safe dictionary."""
+        return asdict(self)
+
+
+@dataclass
+class Hist2STOutput:
+    """What :class:`~st_hist2st.model.Hist2STModule` returns.
+
+    Attributes
+    ----------
+    expression
+        ``(B, N, n_genes)`` predicted transformed expression.
+    h
+        ``(B, N, dim)`` spot representations.
+    """
+
+    expression: torch.Tensor
+    h: torch.Tensor
+
+
+class Hist2STModule(nn.Module):
+    r"""The Hist2ST network: ConvMixer patch encoder, Transformer, GraphSAGE + jumping-knowledge LSTM, heads.
+
+    Parameters
+    ----------
+    arch
+        Hyperparameters.
+
+    Shapes
+    ------
+    ``patches`` ``(B, N, 3, fig_size, fig_size)`` (uint8 or float; ``B`` passes of the same section, e.g. the
+    clean one and its augmentations), ``positions`` ``(N, 2)`` integer grid (column, row), ``edge_index``
+    ``(2, E)``; output :class:`~st_hist2st.model.Hist2STOutput` with ``(B, N, n_genes)`` expression.
+    """
+
+    def __init__(self, arch: Architecture | None = None, **kwargs) -> None:
+        super().__init__()
+        arch = Architecture(**kwargs) if arch is None else arch
+        self.arch = arch
+        dim = arch.dim
+        self.encoder = PatchEncoder(
+            arch.fig_size, arch.patch_size, arch.channel, arch.kernel_size, arch.depth1, arch.dropout
+        )
+        self.x_embed = nn.Embedding(arch.n_pos, dim)
+        self.y_embed = nn.Embedding(arch.n_pos, dim)
+        self.transformer = Transformer(dim, arch.depth2, arch.heads, arch.dim_head, arch.dropout)
+        self.gnn = GraphJumpingKnowledge(dim, arch.depth3, arch.policy)
+        self.zinb = ZINBHead(dim, arch.n_genes) if arch.zinb else None
+        self.pass_weight = PassWeight(dim) if arch.distillation else None
+        self.gene_head = ExpressionHead(dim, arch.n_genes)
+        self.augment = SectionAugment()
+        #: Patches encoded at once; larger batches are split (and checkpointed while training).
+        self.encoder_chunk = 4096
+
+    def reset_parameters(self) -> None:
+        """Re-initialise all weights."""
+        for module in (
+            self.encoder,
+            self.x_embed,
+            self.y_embed,
+            self.transformer,
+            self.gnn,
+            self.gene_head,
+            self.zinb,
+            self.pass_weight,
+        ):
+            if module is not None:
+                module.reset_parameters()
+
+    def encode(self, patches: torch.Tensor, positions: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """Spot representations ``h``, ``(B, N, dim)``."""
+        if patches.dim() == 4:
+            patches = patches.unsqueeze(0)
+        b, n = patches.shape[:2]
+        tokens = self.encode_patches(patches.flatten(0, 1)).view(b, n, -1)
+        tokens = tokens + (self.x_embed(positions[:, 0]) + self.y_embed(positions[:, 1])).unsqueeze(0)
+        return self.gnn(self.transformer(tokens), edge_index)
+
+    def encode_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """Tokens of ``(M, 3, H, W)`` patches, converted to float ``encoder_chunk`` patches at a time.
+
+        With gradients, each chunk is checkpointed: only the tokens are kept, and the chunk is recomputed in
+        the backward pass, so memory does not grow with the patches' activations.
+        """
+        if patches.shape[0] <= self.encoder_chunk:
+            return self._encode_chunk(patches)
+        chunks = patches.split(self.encoder_chunk)
+        if torch.is_grad_enabled():
+            return torch.cat([checkpoint(self._encode_chunk, c, use_reentrant=False) for c in chunks])
+        return torch.cat([self._encode_chunk(c) for c in chunks])
+
+    def _encode_chunk(self, patches: torch.Tensor) -> torch.Tensor:
+        x = patches.float()
+        if self.arch.pixel_scale != 1.0:
+            x = x * self.arch.pixel_scale
+        return self.encoder(x)
+
+    def forward(self, patches: torch.Tensor, positions: torch.Tensor, edge_index: torch.Tensor) -> Hist2STOutput:
+        h = self.encode(patches, positions, edge_index)
+        return Hist2STOutput(self.gene_head(h), h)
+
+    def __repr__(self) -> str:
+        n_params = sum(p.numel() for p in self.parameters())
+        return f"{type(self).__name__}(n_genes={self.arch.n_genes}, dim={self.arch.dim}, parameters={n_params:,})"

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from st_hist2st.model._losses import distillation_loss, zinb_nll
+from st_hist2st.model._module import Architecture, Hist2STModule
+from st_hist2st.model._training import Training
+
+
+def pearson_per_gene(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pearson r between columns of two ``(N, G)`` tensors; NaN for a column constant in either."""
+    pred, target = pred.double(), target.double()
+    pc, tc = pred - pred.mean(0), target - target.mean(0)
+    denom = pc.norm(dim=0) * tc.norm(dim=0)
+    r = (pc * tc).sum(0) / denom
+    return torch.where(denom > 0, r, torch.full_like(r, float("nan")))
+
+
+class Hist2STPlan(L.LightningModule):
+    """Lightning training plan: one section per step, losses of the paper, validation Pearson r per section.
+
+    Each batch is a dict with ``patches`` ``(N, 3, H, W)`` uint8, ``positions`` ``(N, 2)``, ``edge_index``,
+    ``targets`` ``(N, G)``, ``counts`` ``(N, G)`` and ``size_factors`` ``(N,)``.
+
+    Parameters
+    ----------
+    architecture
+        Keyword arguments of :class:`~st_hist2st.model.Architecture`.
+    training
+        Keyword arguments of :class:`~st_hist2st.model.Training`.
+    history_path
+        JSON file the rank-0 process rewrites after every epoch with the history (it survives spawned
+        processes).
+    """
+
+    def __init__(self, architecture: dict, training: dict, history_path: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = Hist2STModule(Architecture(**architecture))
+        self.settings = Training(**training)
+        self.history: list[dict] = []
+        self.history_path = history_path
+        self._epoch_sums: dict[str, list[float]] = {}
+        self._val_r: list[float] = []
+        self._val_mse: list[float] = []
+
+    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """All terms of the loss for one section."""
+        cfg, net = self.settings, self.net
+        patches, positions, edge_index = batch["patches"], batch["positions"], batch["edge_index"]
+        passes = cfg.bake if (cfg.lamb > 0 and net.pass_weight is not None) else 0
+        if passes and cfg.batch_passes:
+            stacked = torch.cat([patches.unsqueeze(0), net.augment(patches, passes)])
+            h = net.encode(stacked, positions, edge_index)
+            h_clean, h_aug = h[0], h[1:]
+        else:
+            h_clean = net.encode(patches, positions, edge_index)[0]
+            h_aug = (
+                torch.cat([net.encode(net.augment(patches, 1), positions, edge_index) for _ in range(passes)])
+                if passes
+                else None
+            )
+        pred = net.gene_head(h_clean).float()
+        out = {"mse": F.mse_loss(pred, batch["targets"])}
+        loss = out["mse"]
+        if cfg.zinb > 0 and net.zinb is not None:
+            mean, disp, pi = net.zinb(h_clean.float())
+            out["zinb"] = zinb_nll(batch["counts"], mean.float(), disp.float(), pi.float(), batch["size_factors"])
+            loss = loss + cfg.zinb * out["zinb"]
+        if h_aug is not None:
+            out["distill"] = distillation_loss(pred, net.gene_head(h_aug).float(), net.pass_weight(h_aug).float())
+            loss = loss + cfg.lamb * out["distill"]
+        out["loss"] = loss
+        return out
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self.losses(batch)
+        for name, value in out.items():
+            self._epoch_sums.setdefault(name, []).append(float(value.detach()))
+        self.log("loss", out["loss"].detach(), prog_bar=True, batch_size=1)
+        return out["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        pred = self.net(batch["patches"], batch["positions"], batch["edge_index"]).expression[0].float()
+        r = pearson_per_gene(pred, batch["targets"])
+        self._val_r.append(float(torch.nanmean(r)) if torch.isfinite(r).any() else float("nan"))
+        self._val_mse.append(float(F.mse_loss(pred, batch["targets"])))
+
+    def _gather_mean(self, values: list[float]) -> float:
+        local = torch.tensor([np.nansum(values), np.isfinite(values).sum()], dtype=torch.float64, device=self.device)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            local = self.all_gather(local).sum(0)
+        return float(local[0] / local[1]) if local[1] > 0 else float("nan")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self._val_r, self._val_mse = [], []
+            return
+        self._val_stats = {"val_pearson": self._gather_mean(self._val_r), "val_mse": self._gather_mean(self._val_mse)}
+        self.log("val_pearson", self._val_stats["val_pearson"], prog_bar=True, batch_size=1, rank_zero_only=True)
+        self._val_r, self._val_mse = [], []
+
+    def on_train_epoch_end(self) -> None:
+        row = {"epoch": self.current_epoch, "lr": self.optimizers().param_groups[0]["lr"]}
+        row.update({f"train_{k}": self._gather_mean(v) for k, v in self._epoch_sums.items()})
+        row.update(getattr(self, "_val_stats", {}))
+        self._epoch_sums, self._val_stats = {}, {}
+        self.history.append(row)
+        if self.history_path is not None and self.global_rank == 0:
+            Path(self.history_path).write_text(json.dumps(self.history))
+
+    def configure_optimizers(self):
+        cfg = self.settings
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class Training:
+    """Optimisation settings; the defaults are the paper's.
+
+    Attributes
+    ----------
+    learning_rate
+        Peak learning rate of Adam.
+    schedule
+        ``'step'`` (multiply by ``lr_gamma`` every ``lr_step`` epochs, as the paper) or ``'cosine'``
+        (cosine decay to 0 over ``max_epochs``).
+    lr_step
+        Epochs between two steps of the ``'step'`` schedule.
+    lr_gamma
+        Factor of each step of the ``'step'`` schedule.
+    warmup_epochs
+        Linear warm-up from 0 over this many epochs.
+    weight_decay
+        Adam weight decay.
+    gradient_clip
+        Clip the gradient norm to this value; ``None`` does not clip.
+    zinb
+        Weight of the ZINB negative log-likelihood.
+    lamb
+        Weight of the self-distillation loss.
+    bake
+        Augmented passes for self-distillation.
+    batch_passes
+        Run the clean and the augmented passes as one batch (faster; BatchNorm statistics then span all
+        passes); ``False`` runs them one after the other as the original code does.
+    max_epochs
+        Epochs to train; one step per section.
+    """
+
+    learning_rate: float = 1e-5
+    schedule: str = "step"
+    lr_step: int = 50
+    lr_gamma: float = 0.9
+    warmup_epochs: int = 0
+    weight_decay: float = 0.0
+    gradient_clip: float | None = None
+    zinb: float = 0.25
+    lamb: float = 0.5
+    bake: int = 5
+    batch_passes: bool = True
+    max_epochs: int = 350
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("step", "cosine"):
+            raise ValueError(f"`schedule` must be 'step' or 'cosine', got {self.schedule!r}.")
+        if self.learning_rate <= 0:
+            raise ValueError(f"`learning_rate` must be positive, got {self.learning_rate}.")
+        if self.max_epochs < 1:
+            raise ValueError(f"`max_epochs` must be at least 1, got {self.max_epochs}.")
+        if self.bake < 0:
+            raise ValueError(f"`bake` must be non-negative, got {self.bake}.")
+
+    def to_dict(self) -> dict:
+        """JSON-safe dictionary."""
+        return asdict(self)
+
+    def lr_factor(self, epoch: int) -> float:
+        """Multiplier of the learning rate in ``epoch`` (0-based)."""
+        import math
+
+        if self.warmup_epochs and epoch < self.warmup_epochs:
+            return (epoch + 1) / (self.warmup_epochs + 1)
+        if self.schedule == "cosine":
+            span = max(1, self.max_epochs - self.warmup_epochs)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - self.warmup_epochs) / span)))
+        return self.lr_gamma ** (epoch // self.lr_step)
+
+
+TRAINING_FIELDS = frozenset(f.name for f in fields(Training))
+
+#: Named settings. ``'paper'`` reproduces the published training; ``'fast'`` is what reaches a useful model
+#: within a CPU budget of tens of minutes on her2st (see the documentation page on the model).
+PRESETS: dict[str, dict] = {
+    "paper": {"architecture": {}, "training": Training()},
+    "fast": {
+        "architecture": {"pixel_scale": 1 / 255},
+        "training": Training(learning_rate=1e-4, schedule="cosine", warmup_epochs=5, gradient_clip=1.0, max_epochs=100),
+    },
+}
+
+
+def preset(name: str, **overrides) -> tuple[dict, Training]:
+    """Architecture overrides and :class:`Training` of the preset ``name``, with ``overrides`` applied."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown `preset={name!r}`; choose one of {list(PRESETS)}.")
+    arch = dict(PRESETS[name]["architecture"])
+    training = PRESETS[name]["training"]
+    train_over = {k: v for k, v in overrides.items() if k in TRAINING_FIELDS}
+    arch.update({k: v for k, v in overrides.items() if k not in TRAINING_FIELDS})
+    return arch, replace(training, **train_over)

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Attention(nn.Module):
+    r"""Multi-head self-attention without bias on q, k, v, with an output projection and dropout.
+
+    Uses :func:`torch.nn.functional.scaled_dot_product_attention`, so no ``N x N`` matrix is kept for the
+    backward pass where a fused kernel exists.
+
+    Shapes
+    ------
+    input ``(B, N, dim)``, output ``(B, N, dim)``.
+    """
+
+    def __init__(self, dim: int, heads: int = 16, dim_head: int = 64, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dim, self.heads, self.dim_head, self.dropout = dim, heads, dim_head, dropout
+        inner = heads * dim_head
+        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
+
+    def reset_parameters(self) -> None:
+        """Re-initialise all weights."""
+        self.to_qkv.reset_parameters()
+        self.to_out[0].reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.dim}, heads={self.heads}, dim_head={self.dim_head})"
+
+
+class TransformerBlock(nn.Module):
+    r"""Pre-norm Transformer block: ``x + Attention(LN(x))``, then ``x + FF(LN(x))`` with FF = Linear, GELU, Linear.
+
+    Shapes
+    ------
+    input ``(B, N, dim)``, output ``(B, N, dim)``.
+    """
+
+    def __init__(self, dim: int, heads: int = 16, dim_head: int = 64, mlp_dim: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        mlp_dim = dim if mlp_dim is None else mlp_dim
+        self.attn_norm = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dim_head, dropout)
+        self.ff_norm = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(
+            nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, dim), nn.Dropout(dropout)
+        )
+
+    def reset_parameters(self) -> None:
+        """Re-initialise all weights."""
+        for module in (self.attn_norm, self.attn, self.ff_norm, self.ff[0], self.ff[3]):
+            module.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.ff(self.ff_norm(x))
+
+
+class Transformer(nn.Module):
+    r"""``depth`` pre-norm Transformer blocks over all spots of a section as one sequence.
+
+    Shapes
+    ------
+    input ``(B, N, dim)``, output ``(B, N, dim)``.
+    """
+
+    def __init__(self, dim: int, depth: int = 8, heads: int = 16, dim_head: int = 64, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dim, self.depth, self.heads = dim, depth, heads
+        self.blocks = nn.ModuleList([TransformerBlock(dim, heads, dim_head, dim, dropout) for _ in range(depth)])
+
+    def reset_parameters(self) -> None:
+        """Re-initialise all weights."""
+        for block in self.blocks:
+            block.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.dim}, depth={self.depth}, heads={self.heads})"

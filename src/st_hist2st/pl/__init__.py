@@ -1,0 +1,3 @@
+"""Plots of predictions, their accuracy and training."""
+
+__all__: list[str] = []

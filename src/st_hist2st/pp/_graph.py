@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import logging
+
+from anndata import AnnData
+from scipy import sparse
+
+from st_hist2st._constants import Key
+from st_hist2st._data._graph import Layout, build_connectivities
+from st_hist2st._utils import check_adata, check_inplace_copy, check_not_view
+
+logger = logging.getLogger(__name__)
+
+
+def spatial_graph(
+    adata: AnnData,
+    *,
+    library_key: str | None = Key.library,
+    spatial_key: str = Key.spatial,
+    layout: Layout = "auto",
+    key_added: str = Key.connectivities,
+    inplace: bool = True,
+    copy: bool = False,
+) -> sparse.csr_matrix | AnnData | None:
+    """Build the Hist2ST spot graph with :func:`squidpy.gr.spatial_neighbors`.
+
+    Legacy ST arrays get the paper's rule: the 4 nearest spots in grid coordinates, kept when at most
+    2 grid units away (a directed graph, no self-loops). Visium arrays get the 6 hexagonal neighbours.
+    Grid coordinates come from ``obs['array_row']``/``['array_col']`` or are inferred from ``obsm[spatial_key]``.
+
+    Parameters
+    ----------
+    adata
+        Spots.
+    library_key
+        Column of ``obs`` with the section of each spot; graphs never cross sections.
+    spatial_key
+        Key of the spot centres in ``obsm``.
+    layout
+        ``'st'``, ``'visium'`` or ``'auto'`` (Visium when every ``array_row + array_col`` has one parity).
+    key_added
+        Key in ``obsp`` for the graph.
+    inplace
+        Write ``obsp[key_added]``; otherwise return the graph and leave ``adata`` alone.
+    copy
+        Return a copy of ``adata`` with the graph.
+
+    Returns
+    -------
+    The sparse ``(n_obs, n_obs)`` connectivities with ``inplace=False``; a new AnnData with ``copy=True``;
+    otherwise ``None`` and ``adata.obsp[key_added]`` is set.
+    """
+    check_adata(adata)
+    check_inplace_copy(inplace, copy)
+    conn = build_connectivities(adata, library_key=library_key, spatial_key=spatial_key, layout=layout)
+    if not inplace:
+        return conn
+    if copy:
+        adata = adata.copy()
+    check_not_view(adata)
+    adata.obsp[key_added] = conn
+    logger.info("added `adata.obsp[%r]`", key_added)
+    return adata if copy else None

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from anndata import AnnData
+
+from st_hist2st._constants import Key
+from st_hist2st._data._graph import grid_positions
+from st_hist2st._model import Hist2ST
+from st_hist2st._utils import check_adata, get_libraries, resolve_genes
+
+logger = logging.getLogger(__name__)
+
+
+def fit(
+    adata: AnnData,
+    image_key: str,
+    *,
+    genes: Sequence[str] | None = None,
+    library_key: str | None = Key.library,
+    layer: str | None = None,
+    spatial_key: str = Key.spatial,
+    connectivity_key: str = Key.connectivities,
+    validation_libraries: Sequence[str] | None = None,
+    image: Any = None,
+    crop_size: float | None = None,
+    layout: str = "auto",
+    preset: str = "paper",
+    max_epochs: int | None = None,
+    accelerator: str = "auto",
+    devices: int | str | Sequence[int] = "auto",
+    strategy: str | Any = "auto",
+    num_nodes: int = 1,
+    precision: str | int = "32-true",
+    seed: int = 0,
+    show_progress_bar: bool = True,
+    trainer_kwargs: dict[str, Any] | None = None,
+    **settings: Any,
+) -> Hist2ST:
+    """Train Hist2ST to predict expression from the H&E image, one section per step.
+
+    Every input is checked before training starts. ``adata`` is not modified.
+
+    Parameters
+    ----------
+    adata
+        Spots of one or more sections with raw counts in ``X`` (or ``layers[layer]``), spot centres in
+        full-resolution pixels in ``obsm[spatial_key]`` and, unless ``image`` is given, the images in
+        ``uns['spatial'][library_id]['images']`` with their ``scalefactors``.
+    image_key
+        Image to crop patches from: a key of ``uns['spatial'][library_id]['images']`` (e.g. ``'hires'``), a
+        layer of the ImageContainer or an image element of the SpatialData object given as ``image``.
+    genes
+        Genes to predict; default ``var['highly_variable']`` when present, else all genes.
+    library_key
+        Column of ``obs`` with the section of each spot; one section when the default column is absent.
+    layer
+        Layer with the raw counts; ``None`` uses ``X``.
+    spatial_key
+        Key of the spot centres in ``obsm``.
+    connectivity_key
+        Key of the spot graph in ``obsp`` (squidpy's default); when absent, the graph is built with the paper's
+        rule (see :func:`st_hist2st.pp.spatial_graph`).
+    validation_libraries
+        Libraries held out for validation; their mean Pearson r per epoch is kept in ``model.history``.
+    image
+        A :class:`squidpy.im.ImageContainer` or :class:`spatialdata.SpatialData` with the images.
+    crop_size
+        Side of the patch cut around each spot, in full-resolution pixels; defaults to
+        ``scalefactors['spot_diameter_fullres']``. The paper uses 112 on her2st.
+    layout
+        Spot array for a graph built here: ``'st'``, ``'visium'`` or ``'auto'``.
+    preset
+        ``'paper'``: the published training (Adam 1e-5, x0.9 every 50 epochs, 350 epochs, raw pixel values).
+        ``'fast'``: pixel values in [0, 1], Adam 1e-4 with 5 warm-up epochs and cosine decay, gradient
+        clipping at 1, 100 epochs; reaches a useful model within tens of CPU minutes.
+    max_epochs
+        Epochs; overrides the preset.
+    accelerator, devices, strategy, num_nodes
+        Passed to :class:`lightning.pytorch.Trainer`; ``strategy='ddp'`` (or ``'ddp_spawn'``) with several
+        ``devices`` trains data-parallel, sections split across processes.
+    precision
+        Lightning precision, e.g. ``'bf16-mixed'`` for bfloat16 autocast on CPU or GPU.
+    seed
+        Seed of the initial weights, the augmentations and the order of sections.
+    show_progress_bar
+        Show progress bars.
+    trainer_kwargs
+        Further arguments of :class:`lightning.pytorch.Trainer` (callbacks, logger, checkpointing, ...).
+    **settings
+        Overrides of the architecture (:class:`~st_hist2st.model.Architecture`, e.g. ``depth2=4``) or the
+        training (:class:`~st_hist2st.model.Training`, e.g. ``learning_rate=3e-4``). ``n_pos`` defaults to 64,
+        or the next multiple of 64 that holds the grid positions.
+
+    Returns
+    -------
+    The trained :class:`~st_hist2st.Hist2ST`.
+    """
+    check_adata(adata)
+    genes = resolve_genes(adata, genes)
+    if "n_pos" not in settings:
+        max_pos = int(grid_positions(adata, spatial_key, get_libraries(adata, library_key)).max())
+        settings["n_pos"] = max(64, 64 * (max_pos // 64 + 1))
+    model = Hist2ST(genes, preset=preset, seed=seed, **settings)
+    logger.info("training %r", model)
+    return model.fit(
+        adata,
+        image_key,
+        library_key=library_key,
+        layer=layer,
+        spatial_key=spatial_key,
+        connectivity_key=connectivity_key,
+        validation_libraries=validation_libraries,
+        image=image,
+        crop_size=crop_size,
+        layout=layout,
+        max_epochs=max_epochs,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        num_nodes=num_nodes,
+        precision=precision,
+        seed=seed,
+        show_progress_bar=show_progress_bar,
+        trainer_kwargs=trainer_kwargs,
+    )

@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from st_hist2st._constants import Key
+from st_hist2st._model import Hist2ST, resolve_model
+from st_hist2st._utils import check_adata, check_not_view, get_libraries
+
+logger = logging.getLogger(__name__)
+
+
+def predict(
+    adata: AnnData,
+    model: Hist2ST | str | Path,
+    image_key: str | None = None,
+    *,
+    library_key: str | None = Key.library,
+    spatial_key: str = Key.spatial,
+    connectivity_key: str = Key.connectivities,
+    image: Any = None,
+    crop_size: float | None = None,
+    device: str | None = None,
+    precision: str = "32",
+    show_progress_bar: bool = True,
+    key_added: str = Key.prediction,
+    copy: bool = False,
+) -> AnnData | None:
+    """Predict expression from the H&E image with a trained Hist2ST model.
+
+    The predictions are on the scale of the model's targets, ``log10(1 + 1e4 * c / sum(c))`` over the model's
+    genes.
+
+    Parameters
+    ----------
+    adata
+        Spots with centres in ``obsm[spatial_key]`` and their images (as for :func:`st_hist2st.tl.fit`).
+        With measured genes, every gene of the model must be among ``var_names``; with no genes at all
+        (``adata.n_vars == 0``, an H&E-only slide) a new AnnData is
+        returned.
+    model
+        A trained :class:`~st_hist2st.Hist2ST` or the folder it was saved in.
+    image_key
+        Image to crop from; default the key the model was trained with.
+    library_key
+        Column of ``obs`` with the section of each spot.
+    spatial_key
+        Key of the spot centres in ``obsm``.
+    connectivity_key
+        Key of the spot graph in ``obsp``; built with the paper's rule when absent.
+    image
+        A :class:`squidpy.im.ImageContainer` or :class:`spatialdata.SpatialData` with the images.
+    crop_size
+        Crop side in full-resolution pixels; default the model's training setting.
+    device
+        Torch device; default CUDA when available.
+    precision
+        ``'32'`` or ``'bf16'`` (bfloat16 autocast).
+    show_progress_bar
+        Show progress bars.
+    key_added
+        Name of the layer and of the ``uns`` entry written.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    With genes in ``adata``: ``None`` (or the copy with ``copy=True``), and ``adata`` gets
+
+    - ``layers[key_added]``: ``(n_obs, n_vars)`` float32 predictions, NaN for genes the model does not predict;
+    - ``var[f'{key_added}_predicted']``: whether the gene is predicted;
+    - ``uns[key_added]``: what produced the predictions (genes, image, crop size, libraries, settings, version).
+
+    Without genes: a new AnnData with the model's genes as ``var``, the predictions in ``X`` and
+    ``layers[key_added]``, and ``obs``, ``obsm`` and ``uns['spatial']`` of ``adata``.
+    """
+    check_adata(adata)
+    model = resolve_model(model)
+    model._check_trained()
+    he_only = adata.n_vars == 0
+    if not he_only:
+        missing = [g for g in model.genes if g not in adata.var_names]
+        if missing:
+            raise KeyError(
+                f"{len(missing)} of the model's {len(model.genes)} genes are not in `adata.var_names`, e.g. "
+                f"{missing[:5]}. Predict on the model's genes or on `adata[:, []].copy()` (no genes), which "
+                "returns a new AnnData with the model's genes."
+            )
+        if not copy:
+            check_not_view(adata)
+    pred = model.predict(
+        adata,
+        image_key,
+        library_key=library_key,
+        spatial_key=spatial_key,
+        connectivity_key=connectivity_key,
+        image=image,
+        crop_size=crop_size,
+        device=device,
+        precision=precision,
+        show_progress_bar=show_progress_bar,
+    )
+    from st_hist2st import __version__
+
+    info = {
+        "genes": list(model.genes),
+        "image_key": image_key or model.preprocessing.get("image_key"),
+        "crop_size": crop_size if crop_size is not None else model.preprocessing.get("crop_size"),
+        "libraries": [str(x) for x in get_libraries(adata, library_key).cat.categories],
+        "preset": model.preset,
+        "architecture": model.architecture.to_dict(),
+        "precision": precision,
+        "target": "log10(1 + 1e4 * counts / sum(counts over the model's genes))",
+        "package_version": __version__,
+    }
+    if he_only:
+        out = AnnData(
+            X=pred,
+            obs=adata.obs.copy(),
+            var=pd.DataFrame(index=pd.Index(model.genes)),
+            obsm={k: v.copy() for k, v in adata.obsm.items()},
+            uns={Key.spatial: adata.uns[Key.spatial]} if Key.spatial in adata.uns else {},
+        )
+        out.layers[key_added] = pred
+        out.uns[key_added] = info
+        logger.info("returned a new AnnData with `layers[%r]` for %d genes", key_added, len(model.genes))
+        return out
+    if copy:
+        adata = adata.copy()
+    layer = np.full((adata.n_obs, adata.n_vars), np.nan, dtype=np.float32)
+    idx = adata.var_names.get_indexer(model.genes)
+    layer[:, idx] = pred
+    predicted = np.zeros(adata.n_vars, dtype=bool)
+    predicted[idx] = True
+    adata.layers[key_added] = layer
+    adata.var[f"{key_added}_predicted"] = predicted
+    adata.uns[key_added] = info
+    logger.info(
+        "added `adata.layers[%r]`, `adata.var['%s_predicted']` and `adata.uns[%r]`", key_added, key_added, key_added
+    )
+    return adata if copy else None

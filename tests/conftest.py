@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import st_hist2st as hist2st
+
+HER2ST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "her2st"
+
+#: A model small enough to train in seconds on the synthetic data.
+TINY = {
+    "channel": 8,
+    "patch_size": 14,
+    "depth1": 1,
+    "depth2": 1,
+    "depth3": 1,
+    "heads": 2,
+    "dim_head": 16,
+    "dropout": 0.0,
+}
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*GPU available.*")
+        yield
+
+
+@pytest.fixture(scope="session")
+def _synthetic():
+    return hist2st.datasets.synthetic(n_libraries=2, shape=(8, 8), n_genes=12, seed=0)
+
+
+@pytest.fixture
+def adata(_synthetic):
+    return _synthetic.copy()
+
+
+@pytest.fixture(scope="session")
+def trained(_synthetic):
+    """A tiny model trained for a few epochs on the synthetic data."""
+    return hist2st.tl.fit(_synthetic, "hires", max_epochs=2, show_progress_bar=False, accelerator="cpu", **TINY)
+
+
+@pytest.fixture(scope="session")
+def her2st_root():
+    if not (HER2ST / "data" / "ST-cnts").is_dir():
+        pytest.skip(f"her2st data not found at {HER2ST}")
+    return HER2ST
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,262 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from anndata import AnnData
+from scipy import sparse
+
+import st_hist2st as hist2st
+from st_hist2st._data._graph import build_connectivities, grid_positions, to_edge_index
+from st_hist2st._data._image import ImageSource, image_from_anndata
+from st_hist2st._data._patches import crop_patches
+from st_hist2st._data._section import prepare_sections
+from st_hist2st._data._targets import expression_targets, get_counts, size_factors
+
+
+def _dot_adata(scale: float) -> AnnData:
+    """One spot at full-resolution (x, y) = (40, 20) over an image at ``scale`` with one bright pixel there."""
+    img = np.zeros((int(100 * scale), int(100 * scale), 3), dtype=np.uint8)
+    img[int(20 * scale), int(40 * scale)] = 255
+    adata = AnnData(np.ones((1, 1), dtype=np.float32))
+    adata.obsm["spatial"] = np.array([[40.0, 20.0]])
+    adata.uns["spatial"] = {"lib": {"images": {"img": img}, "scalefactors": {"tissue_img_scalef": scale}}}
+    return adata
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_coordinates_map_x_to_columns_and_y_to_rows(scale):
+    adata = _dot_adata(scale)
+    source = image_from_anndata(adata, "img", "lib")
+    patch, padded = crop_patches(source, adata.obsm["spatial"], 10, patch_size=int(10 * scale))
+    side = int(10 * scale)
+    assert patch.shape == (1, 3, side, side)
+    assert padded[0] == 0
+    row, col = np.unravel_index(patch[0, 0].argmax(), patch[0, 0].shape)
+    assert (row, col) == (side // 2, side // 2)
+
+
+def test_border_patches_are_padded_white_not_dropped():
+    img = np.zeros((50, 50, 3), dtype=np.uint8)
+    source = ImageSource(img, (1.0, 1.0))
+    patches, padded = crop_patches(source, np.array([[0.0, 0.0], [25.0, 25.0]]), 20, patch_size=20)
+    assert patches.shape[0] == 2
+    assert padded[0] == pytest.approx(0.75)
+    assert padded[1] == 0
+    assert (patches[0, :, :10, :] == 255).all() and (patches[0, :, 10:, 10:] == 0).all()
+
+
+def test_crops_are_resized_to_the_patch_size():
+    img = np.full((300, 300, 3), 100, dtype=np.uint8)
+    patches, _ = crop_patches(ImageSource(img, (1.0, 1.0)), np.array([[150.0, 150.0]]), 224, patch_size=112)
+    assert patches.shape == (1, 3, 112, 112)
+    assert patches.dtype == np.uint8
+    assert (patches == 100).all()
+
+
+def test_banded_reading_equals_one_window(rng):
+    img = rng.integers(0, 255, size=(400, 300, 3), dtype=np.uint8)
+    coords = rng.uniform(0, 300, size=(50, 2))
+    source = ImageSource(img, (1.0, 1.0))
+    a, _ = crop_patches(source, coords, 16, patch_size=16, band_rows=7)
+    b, _ = crop_patches(source, coords, 16, patch_size=16, band_rows=10_000)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_three_image_sources_give_identical_patches(adata):
+    import spatialdata as sd
+    import squidpy as sq
+    from spatialdata.models import Image2DModel
+
+    lib = "S0"
+    one = adata[adata.obs["library_id"] == lib].copy()
+    img = one.uns["spatial"][lib]["images"]["hires"]
+    from_uns = hist2st.pp.extract_patches(one, "hires", crop_size=32, show_progress_bar=False)
+    container = sq.im.ImageContainer(img, layer="hires", library_id=lib)
+    from_container = hist2st.pp.extract_patches(one, "hires", image=container, crop_size=32, show_progress_bar=False)
+    sdata = sd.SpatialData(images={"hires": Image2DModel.parse(np.moveaxis(img, -1, 0), dims=("c", "y", "x"))})
+    from_sdata = hist2st.pp.extract_patches(one, "hires", image=sdata, crop_size=32, show_progress_bar=False)
+    assert from_uns.shape == (one.n_obs, 3, 112, 112)
+    np.testing.assert_array_equal(from_uns, from_container)
+    np.testing.assert_array_equal(from_uns, from_sdata)
+
+
+def test_spatialdata_transformation_is_applied(adata):
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale
+
+    one = adata[adata.obs["library_id"] == "S0"].copy()
+    img = one.uns["spatial"]["S0"]["images"]["hires"]
+    half = img[::2, ::2]
+    element = Image2DModel.parse(
+        np.moveaxis(half, -1, 0), dims=("c", "y", "x"), transformations={"global": Scale([2.0, 2.0], axes=("y", "x"))}
+    )
+    sdata = sd.SpatialData(images={"half": element})
+    one.uns["spatial"]["S0"]["images"]["half"] = half
+    one.uns["spatial"]["S0"]["scalefactors"]["tissue_half_scalef"] = 0.5
+    kwargs = {"crop_size": 32, "show_progress_bar": False}
+    np.testing.assert_array_equal(
+        hist2st.pp.extract_patches(one, "half", image=sdata, **kwargs),
+        hist2st.pp.extract_patches(one, "half", **kwargs),
+    )
+
+
+def _grid(rows: int, cols: int, extra: list[tuple[int, int]] = ()) -> AnnData:
+    pos = [(r, c) for r in range(rows) for c in range(cols)] + list(extra)
+    adata = AnnData(np.ones((len(pos), 1), dtype=np.float32))
+    adata.obs["array_row"] = [p[0] for p in pos]
+    adata.obs["array_col"] = [p[1] for p in pos]
+    adata.obsm["spatial"] = np.array([[c * 10.0, r * 10.0] for r, c in pos])
+    return adata
+
+
+def test_st_graph_follows_the_papers_rule():
+    # a full 4 x 4 grid: every spot has exactly 4 neighbours within grid distance 2
+    # plus a spot 3 grid units away from the grid, which gets none
+    adata = _grid(4, 4, extra=[(0, 7)])
+    conn = build_connectivities(adata, library_key=None, layout="st")
+    degree = np.asarray((conn != 0).sum(1)).ravel()
+    np.testing.assert_array_equal(degree[:16], 4)
+    assert degree[16] == 0
+    assert conn.diagonal().sum() == 0
+    # interior spot (1, 1) = index 5 links to its 4 direct neighbours
+    assert set(conn[5].indices) == {1, 4, 6, 9}
+    # corner (0, 0): two at distance 1, one diagonal, then one of the two at distance 2
+    assert {1, 4, 5} <= set(conn[0].indices)
+
+
+def test_visium_graph_has_six_hexagonal_neighbours():
+    adata = hist2st.datasets.synthetic(n_libraries=1, shape=(6, 6), n_genes=3, layout="visium")
+    conn = build_connectivities(adata, library_key="library_id")
+    degree = np.asarray((conn != 0).sum(1)).ravel()
+    interior = (adata.obs["array_row"].between(1, 4) & adata.obs["array_col"].between(2, 9)).to_numpy()
+    assert (degree[interior] == 6).all()
+    assert degree.max() == 6
+
+
+def test_graph_from_obsp_is_used_and_crossing_edges_fail(adata):
+    conn = sparse.csr_matrix((adata.n_obs, adata.n_obs))
+    conn[0, 1] = 1
+    adata.obsp["spatial_connectivities"] = conn
+    with pytest.warns(UserWarning, match="no neighbours"):
+        sections = prepare_sections(adata, "hires", genes=None, show_progress_bar=False)
+    assert sections[0].edge_index.tolist() == [[1], [0]]
+    conn[0, adata.n_obs - 1] = 1
+    adata.obsp["spatial_connectivities"] = conn
+    with pytest.raises(ValueError, match="between different libraries"):
+        to_edge_index(conn, adata.obs["library_id"])
+
+
+def test_grid_positions_are_inferred_from_coordinates():
+    adata = _grid(3, 4)
+    expected = adata.obs[["array_col", "array_row"]].to_numpy()
+    del adata.obs["array_row"], adata.obs["array_col"]
+    np.testing.assert_array_equal(grid_positions(adata), expected)
+
+
+def test_target_transform_matches_hand_computation():
+    counts = np.array([[1.0, 3.0, 0.0], [0.0, 0.0, 0.0], [5.0, 5.0, 10.0]])
+    expected = np.array(
+        [
+            [np.log10(1 + 1e4 * 1 / 4), np.log10(1 + 1e4 * 3 / 4), 0.0],
+            [0.0, 0.0, 0.0],
+            [np.log10(1 + 1e4 * 5 / 20), np.log10(1 + 1e4 * 5 / 20), np.log10(1 + 1e4 * 10 / 20)],
+        ]
+    )
+    np.testing.assert_allclose(expression_targets(counts), expected, rtol=1e-6)
+    np.testing.assert_allclose(size_factors(counts), [4 / 4, 0 / 4, 20 / 4])
+
+
+def test_sections_carry_targets_for_the_chosen_genes(adata):
+    genes = list(adata.var_names[:5])
+    sections = prepare_sections(adata, "hires", genes=genes, show_progress_bar=False)
+    assert [s.library_id for s in sections] == ["S0", "S1"]
+    s0 = sections[0]
+    counts = adata[adata.obs["library_id"] == "S0", genes].X.toarray()
+    np.testing.assert_allclose(s0.targets.numpy(), expression_targets(counts))
+    assert s0.patches.dtype == torch.uint8
+    assert s0.edge_index.shape[0] == 2 and s0.edge_index.max() < s0.n_spots
+
+
+# ----------------------------------------------------------------------------- bad input
+def _prepare(adata, **kwargs):
+    kwargs.setdefault("genes", list(adata.var_names))
+    return prepare_sections(adata, kwargs.pop("image_key", "hires"), show_progress_bar=False, **kwargs)
+
+
+def test_missing_spatial_coordinates(adata):
+    del adata.obsm["spatial"]
+    with pytest.raises(KeyError, match=r"obsm\['spatial'\]"):
+        _prepare(adata)
+
+
+def test_unknown_image_key(adata):
+    with pytest.raises(KeyError, match="Unknown `image_key='lowres'`"):
+        _prepare(adata, image_key="lowres")
+
+
+def test_unknown_library(adata):
+    adata.obs["library_id"] = adata.obs["library_id"].cat.rename_categories({"S1": "other"})
+    with pytest.raises(KeyError, match="Library 'other' has no entry"):
+        _prepare(adata)
+    with pytest.raises(ValueError, match="unknown libraries"):
+        _prepare(adata, libraries=["nope"])
+
+
+def test_missing_scale_factor(adata):
+    del adata.uns["spatial"]["S0"]["scalefactors"]["tissue_hires_scalef"]
+    with pytest.raises(KeyError, match="tissue_hires_scalef"):
+        _prepare(adata)
+
+
+def test_spots_outside_the_image(adata):
+    adata.obsm["spatial"][3] = [1e6, 5.0]
+    with pytest.raises(ValueError, match="outside"):
+        _prepare(adata)
+
+
+@pytest.mark.parametrize(("value", "match"), [(np.nan, "NaN"), (-1.0, "negative"), (0.5, "non-integer")])
+def test_bad_counts(adata, value, match):
+    x = adata.X.toarray()
+    x[0, 0] = value
+    adata.X = x
+    with pytest.raises(ValueError, match=match):
+        _prepare(adata)
+
+
+def test_missing_genes(adata):
+    with pytest.raises(KeyError, match="not in `adata.var_names`"):
+        hist2st.tl.fit(adata, "hires", genes=["gene0", "NOTAGENE"], max_epochs=1)
+
+
+def test_no_spots(adata):
+    with pytest.raises(ValueError, match="no spots"):
+        _prepare(adata[:0].copy())
+
+
+def test_missing_crop_size(adata):
+    del adata.uns["spatial"]["S0"]["scalefactors"]["spot_diameter_fullres"]
+    with pytest.raises(KeyError, match="crop_size"):
+        _prepare(adata)
+    assert len(_prepare(adata, crop_size=30)) == 2
+
+
+def test_counts_from_a_layer(adata):
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = np.log1p(adata.X.toarray())
+    with pytest.raises(ValueError, match="non-integer"):
+        _prepare(adata)
+    counts = get_counts(adata, list(adata.var_names), "counts")
+    np.testing.assert_array_equal(counts, adata.layers["counts"].toarray())
+
+
+def test_spatial_graph_writes_obsp_only_where_asked(adata):
+    before = set(adata.obsp)
+    conn = hist2st.pp.spatial_graph(adata, inplace=False)
+    assert set(adata.obsp) == before
+    assert conn.shape == (adata.n_obs, adata.n_obs)
+    hist2st.pp.spatial_graph(adata)
+    assert (adata.obsp["spatial_connectivities"] != conn).nnz == 0
+    with pytest.raises(ValueError, match="contradict"):
+        hist2st.pp.spatial_graph(adata, inplace=False, copy=True)
