@@ -35,7 +35,11 @@ nb_execution_timeout = 900
 nb_execution_raise_on_error = True
 nb_merge_streams = True
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "jupyter_execute"]
-source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}  # .rst first: autosummary writes rst
+source_suffix = {
+    ".rst": "restructuredtext",
+    ".md": "myst-nb",
+    ".ipynb": "myst-nb",
+}  # .rst first: autosummary writes rst
 
 html_theme = "sphinx_book_theme"
 html_title = "st-hist2st"
@@ -45,7 +49,10 @@ html_theme_options = {"repository_url": "https://github.com/scverse/st-hist2st",
 # Offline builds: no intersphinx, so references to other packages' objects are not resolved.
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(anndata|numpy|np|pandas|pd|torch|scipy|squidpy|spatialdata|lightning|matplotlib|sklearn|pooch)(\..*)?"),
+    (
+        r"py:.*",
+        r"(anndata|numpy|np|pandas|pd|torch|scipy|squidpy|spatialdata|lightning|matplotlib|sklearn|pooch)(\..*)?",
+    ),
     (r"py:.*", r"(AnnData|Axes|Figure|Path|Any|Sequence|Mapping|Literal|Layout|Tensor|DataFrame|Trainer)"),
     (r"py:.*", r"(collections\.abc|typing|pathlib|os)\..*"),
     (r"py:class", r"(optional|default.*|array-like|callable)"),

@@ -192,6 +192,7 @@ class Hist2ST:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", ".*does not have many workers.*")
                 warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+                warnings.filterwarnings("ignore", ".*defined a `validation_step` but have no `val_dataloader`.*")
                 trainer.fit(plan, loader, val_loader)
             history = json.loads(Path(history_path).read_text()) if Path(history_path).exists() else plan.history
         self.module.load_state_dict(plan.net.state_dict())

@@ -73,7 +73,6 @@ def predict(
     With genes in ``adata``: ``None`` (or the copy with ``copy=True``), and ``adata`` gets
 
     - ``layers[key_added]``: ``(n_obs, n_vars)`` float32 predictions, NaN for genes the model does not predict;
-    - ``var[f'{key_added}_predicted']``: whether the gene is predicted;
     - ``uns[key_added]``: what produced the predictions (genes, image, crop size, libraries, settings, version).
 
     Without genes: a new AnnData with the model's genes as ``var``, the predictions in ``X`` and
@@ -135,12 +134,7 @@ def predict(
     layer = np.full((adata.n_obs, adata.n_vars), np.nan, dtype=np.float32)
     idx = adata.var_names.get_indexer(model.genes)
     layer[:, idx] = pred
-    predicted = np.zeros(adata.n_vars, dtype=bool)
-    predicted[idx] = True
     adata.layers[key_added] = layer
-    adata.var[f"{key_added}_predicted"] = predicted
     adata.uns[key_added] = info
-    logger.info(
-        "added `adata.layers[%r]`, `adata.var['%s_predicted']` and `adata.uns[%r]`", key_added, key_added, key_added
-    )
+    logger.info("added `adata.layers[%r]` and `adata.uns[%r]`", key_added, key_added)
     return adata if copy else None

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import gammaln
+from torch import nn
+
+from st_hist2st.model import (
+    Architecture,
+    GraphSAGE,
+    Hist2STModule,
+    PatchEncoder,
+    SectionAugment,
+    distillation_teacher,
+    zinb_nll,
+)
+from st_hist2st.model._gnn import GraphJumpingKnowledge, lstm_mean, mean_adjacency
+from st_hist2st.model._plan import Hist2STPlan, pearson_per_gene
+from st_hist2st.model._training import Training, preset
+
+from .conftest import TINY
+
+
+def test_parameter_count_matches_the_authors_model():
+    module = Hist2STModule(Architecture(n_genes=785))
+    assert sum(p.numel() for p in module.parameters()) == 75_789_833
+    assert "75,789,833" in repr(module)
+
+
+def test_output_shapes():
+    arch = Architecture(n_genes=7, **TINY)
+    module = Hist2STModule(arch).eval()
+    patches = torch.randint(0, 255, (2, 5, 3, 112, 112), dtype=torch.uint8)
+    positions = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1], [5, 5]])
+    edge_index = torch.tensor([[1, 2, 0, 3], [0, 0, 1, 1]])
+    out = module(patches, positions, edge_index)
+    assert out.expression.shape == (2, 5, 7)
+    assert out.h.shape == (2, 5, arch.dim)
+    assert PatchEncoder(channels=8, patch_size=14)(torch.rand(3, 3, 112, 112)).shape == (3, 64)
+
+
+#   0 <- 1, 0 <- 2, 1 <- 0, 1 <- 3, 4 isolated
+EDGES = torch.tensor([[1, 2, 0, 3], [0, 0, 1, 1]])
+
+
+@pytest.mark.parametrize("sparse_adjacency", [False, True])
+def test_graphsage_equals_a_dense_hand_computation(sparse_adjacency):
+    torch.manual_seed(0)
+    layer = GraphSAGE(6, 4)
+    x = torch.randn(5, 6)
+    adj = torch.zeros(5, 5)
+    adj[EDGES[1], EDGES[0]] = 1.0
+    deg = adj.sum(1, keepdim=True)
+    mean = torch.where(deg > 0, adj / deg.clamp(min=1), 0.0) @ x
+    expected = torch.nn.functional.normalize(torch.relu(mean @ layer.weight.T), dim=1)
+    graph = mean_adjacency(EDGES, 5) if sparse_adjacency else EDGES
+    out = layer(x, graph)
+    torch.testing.assert_close(out, expected)
+    assert out[4].abs().sum() == 0  # no neighbours, zero message
+    batched = layer(torch.stack([x, 2 * x]), graph)
+    torch.testing.assert_close(batched[0], expected)
+
+
+def test_graphsage_max_policy():
+    torch.manual_seed(0)
+    layer = GraphSAGE(3, 3, policy="max")
+    x = torch.randn(5, 3)
+    agg = torch.stack([torch.maximum(x[1], x[2]), torch.maximum(x[0], x[3]), *torch.zeros(3, 3)])
+    expected = torch.nn.functional.normalize(torch.relu(agg @ layer.weight.T), dim=1)
+    torch.testing.assert_close(layer(x, EDGES), expected)
+    with pytest.raises(ValueError, match="policy"):
+        GraphSAGE(3, 3, policy="sum")
+
+
+def test_jumping_knowledge_lstm_equals_torch_lstm():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(8, 8, 2)
+    x = torch.randn(4, 6, 8)
+    torch.testing.assert_close(lstm_mean(lstm, x), lstm(x)[0].mean(0))
+    jk = GraphJumpingKnowledge(8, depth=2)
+    assert jk(torch.randn(2, 5, 8), EDGES).shape == (2, 5, 8)
+
+
+def test_zinb_loss_equals_a_hand_computation():
+    counts = torch.tensor([[0.0, 3.0], [5.0, 0.0]])
+    mean = torch.tensor([[1.5, 2.0], [4.0, 0.5]])
+    disp = torch.tensor([[2.0, 0.7], [1.2, 3.0]])
+    pi = torch.tensor([[0.1, 0.3], [0.2, 0.6]])
+    sf = torch.tensor([1.0, 2.0])
+    m = (mean * sf[:, None]).numpy().astype(float)
+    c, r, p = counts.numpy().astype(float), disp.numpy().astype(float), pi.numpy().astype(float)
+    # negative binomial with mean m and dispersion r, zero-inflated by p
+    log_nb = gammaln(c + r) - gammaln(r) - gammaln(c + 1) + r * np.log(r / (r + m)) + c * np.log(m / (r + m))
+    nll = np.where(c == 0, -np.log(p + (1 - p) * (r / (r + m)) ** r), -(np.log(1 - p) + log_nb))
+    assert zinb_nll(counts, mean, disp, pi, sf).item() == pytest.approx(nll.mean(), rel=1e-5)
+
+
+def test_distillation_teacher_is_a_softmax_weighted_mean():
+    preds = torch.tensor([[[1.0]], [[3.0]]])
+    weights = torch.tensor([[[0.0]], [[np.log(3.0)]]])
+    assert distillation_teacher(preds, weights).item() == pytest.approx(0.25 * 1 + 0.75 * 3)
+
+
+def test_augment_keeps_dtype_and_shape():
+    x = torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8)
+    out = SectionAugment()(x, passes=3, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (3, 4, 3, 16, 16) and out.dtype == torch.uint8
+    same = SectionAugment.transform(x, grey=False, angle=0.0, flip=False)
+    torch.testing.assert_close(same, x)
+    flipped = SectionAugment.transform(x, grey=False, angle=0.0, flip=True)
+    torch.testing.assert_close(flipped, x.flip(-1))
+    grey = SectionAugment.transform(x, grey=True, angle=0.0, flip=False)
+    assert (grey[:, 0] == grey[:, 1]).all() and (grey[:, 1] == grey[:, 2]).all()
+
+
+def _batch(n=6, genes=5):
+    g = torch.Generator().manual_seed(0)
+    counts = torch.poisson(torch.rand(n, genes, generator=g) * 5)
+    return {
+        "patches": torch.randint(0, 255, (n, 3, 112, 112), dtype=torch.uint8, generator=g),
+        "positions": torch.randint(0, 8, (n, 2), generator=g),
+        "edge_index": torch.tensor([[1, 2, 0, 3], [0, 0, 1, 1]]),
+        "targets": torch.log10(1 + counts),
+        "counts": counts,
+        "size_factors": torch.ones(n),
+    }
+
+
+@pytest.mark.parametrize("batch_passes", [True, False])
+def test_losses_are_finite_and_gradients_reach_every_part(batch_passes):
+    arch, training = preset("paper", **TINY, n_genes=5, bake=2, batch_passes=batch_passes)
+    plan = Hist2STPlan({**arch, "n_genes": 5}, training.to_dict())
+    out = plan.losses(_batch())
+    assert set(out) == {"mse", "zinb", "distill", "loss"}
+    assert all(torch.isfinite(v) for v in out.values())
+    out["loss"].backward()
+    net = plan.net
+    for part in (net.encoder, net.transformer, net.gnn, net.gene_head, net.zinb, net.pass_weight):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters()), part
+
+
+def test_pearson_per_gene_marks_constant_genes_nan():
+    pred = torch.tensor([[1.0, 2.0], [2.0, 2.0], [3.0, 2.0]])
+    obs = torch.tensor([[2.0, 1.0], [4.0, 5.0], [6.0, 0.0]])
+    r = pearson_per_gene(pred, obs)
+    assert r[0].item() == pytest.approx(1.0)
+    assert torch.isnan(r[1])
+
+
+def test_training_settings_are_checked():
+    with pytest.raises(ValueError, match="schedule"):
+        Training(schedule="linear")
+    with pytest.raises(ValueError, match="preset"):
+        preset("best")
+    fast = preset("fast")[1]
+    assert fast.lr_factor(0) < fast.lr_factor(fast.warmup_epochs) == pytest.approx(1.0)
+    assert Training().lr_factor(50) == pytest.approx(0.9)

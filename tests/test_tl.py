@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from anndata import AnnData
+
+import st_hist2st as hist2st
+from st_hist2st._data._targets import expression_targets
+from st_hist2st.model._plan import pearson_per_gene
+
+from .conftest import TINY
+
+
+def test_fit_returns_a_trained_model_with_history(trained, adata):
+    assert trained.is_trained
+    assert trained.genes == list(adata.var_names)
+    assert len(trained.history) == 2
+    assert {"train_loss", "train_mse", "train_zinb", "train_distill"} <= set(trained.history.columns)
+    assert "trained" in repr(trained) and "12 genes" in repr(trained)
+
+
+def test_predict_writes_only_the_layer_and_uns(trained, adata):
+    before = adata.copy()
+    hist2st.tl.predict(adata, trained, show_progress_bar=False)
+    assert set(adata.layers) == {"hist2st"}
+    assert set(adata.uns) == set(before.uns) | {"hist2st"}
+    pred = adata.layers["hist2st"]
+    assert pred.shape == adata.shape and pred.dtype == np.float32 and np.isfinite(pred).all()
+    assert adata.uns["hist2st"]["genes"] == trained.genes
+    assert (adata.X != before.X).nnz == 0
+    assert adata.obs.equals(before.obs) and adata.var.equals(before.var)
+    assert set(adata.obsm) == set(before.obsm) and set(adata.obsp) == set(before.obsp)
+
+
+def test_predict_copy_leaves_adata_alone(trained, adata, tmp_path):
+    out = hist2st.tl.predict(adata, trained, copy=True, show_progress_bar=False, key_added="pred")
+    assert "pred" not in adata.layers
+    assert "pred" in out.layers
+    out.write_h5ad(tmp_path / "out.h5ad")
+
+
+def test_genes_not_predicted_are_nan(trained, adata):
+    extra = AnnData(np.zeros((adata.n_obs, 1), dtype=np.float32), obs=adata.obs, var={"": ["extra"]})
+    extra.var_names = ["extra"]
+    import anndata as ad
+
+    wider = ad.concat([adata, extra], axis=1, merge="first", uns_merge="first")
+    wider.obsm["spatial"] = adata.obsm["spatial"]
+    wider.uns = adata.uns
+    hist2st.tl.predict(wider, trained, show_progress_bar=False)
+    assert np.isnan(wider.layers["hist2st"][:, -1]).all()
+    assert np.isfinite(wider.layers["hist2st"][:, :-1]).all()
+
+
+def test_save_load_round_trip_gives_identical_predictions(trained, adata, tmp_path):
+    trained.save(tmp_path / "m")
+    with pytest.raises(FileExistsError):
+        trained.save(tmp_path / "m")
+    loaded = hist2st.Hist2ST.load(tmp_path / "m")
+    assert loaded.genes == trained.genes and loaded.preprocessing == trained.preprocessing
+    assert len(loaded.history) == len(trained.history)
+    a = trained.predict(adata, show_progress_bar=False)
+    b = hist2st.tl.predict(adata, tmp_path / "m", copy=True, show_progress_bar=False).layers["hist2st"]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_same_seed_same_predictions(adata):
+    kwargs = {"max_epochs": 1, "show_progress_bar": False, "accelerator": "cpu", "seed": 3, **TINY}
+    a = hist2st.tl.fit(adata, "hires", **kwargs).predict(adata, show_progress_bar=False)
+    b = hist2st.tl.fit(adata, "hires", **kwargs).predict(adata, show_progress_bar=False)
+    c = hist2st.tl.fit(adata, "hires", **{**kwargs, "seed": 4}).predict(adata, show_progress_bar=False)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_fit_leaves_adata_and_global_rng_alone(adata):
+    before = adata.copy()
+    state = torch.random.get_rng_state()
+    hist2st.tl.fit(adata, "hires", max_epochs=1, show_progress_bar=False, **TINY)
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert set(adata.obsp) == set(before.obsp) and set(adata.uns) == set(before.uns)
+    assert (adata.X != before.X).nnz == 0
+
+
+def test_tiny_model_learns_expression_from_colour():
+    adata = hist2st.datasets.synthetic(n_libraries=4, n_genes=30, seed=0)
+    model = hist2st.tl.fit(
+        adata,
+        "hires",
+        validation_libraries=["S3"],
+        preset="fast",
+        max_epochs=100,
+        learning_rate=1e-3,
+        bake=0,
+        zinb=0.0,
+        show_progress_bar=False,
+        accelerator="cpu",
+        **TINY,
+    )
+    held = adata[adata.obs["library_id"] == "S3"].copy()
+    hist2st.tl.predict(held, model, show_progress_bar=False)
+    r = pearson_per_gene(
+        torch.from_numpy(held.layers["hist2st"]), torch.from_numpy(expression_targets(held.X.toarray()))
+    )
+    assert float(torch.nanmean(r)) > 0.8
+    assert model.history["val_pearson"].iloc[-1] > 0.8
+
+
+def test_ddp_on_two_cpu_processes(adata):
+    model = hist2st.tl.fit(
+        adata,
+        "hires",
+        max_epochs=1,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        show_progress_bar=False,
+        **TINY,
+    )
+    assert model.is_trained and len(model.history) == 1
+    assert np.isfinite(model.predict(adata, show_progress_bar=False)).all()
+
+
+def test_gene_mismatch_and_missing_image_fail_clearly(trained, adata):
+    other = adata[:, :5].copy()
+    with pytest.raises(KeyError, match="not in `adata.var_names`"):
+        hist2st.tl.predict(other, trained)
+    del adata.uns["spatial"]["S1"]["images"]["hires"]
+    with pytest.raises(KeyError, match="Unknown `image_key='hires'`"):
+        hist2st.tl.predict(adata, trained)
+    assert "hist2st" not in adata.layers
+
+
+def test_untrained_model_refuses_to_predict(adata):
+    model = hist2st.Hist2ST(list(adata.var_names), **TINY)
+    with pytest.raises(RuntimeError, match="not trained"):
+        model.predict(adata)
+
+
+def test_he_only_slide_gets_a_new_anndata(trained, adata):
+    he = adata[:, []].copy()
+    out = hist2st.tl.predict(he, trained, show_progress_bar=False)
+    assert list(out.var_names) == trained.genes
+    assert out.n_obs == adata.n_obs and "spatial" in out.uns and "spatial" in out.obsm
+    assert he.n_vars == 0 and "hist2st" not in he.layers
+
+
+def test_view_is_refused(trained, adata):
+    view = adata[:10]
+    with pytest.raises(ValueError, match="view"):
+        hist2st.tl.predict(view, trained)
