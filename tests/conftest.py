@@ -59,3 +59,9 @@ def her2st_root():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def tiny():
+    """Architecture settings of a model that trains in seconds."""
+    return dict(TINY)

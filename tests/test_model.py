@@ -19,8 +19,6 @@ from st_hist2st.model._gnn import GraphJumpingKnowledge, lstm_mean, mean_adjacen
 from st_hist2st.model._plan import Hist2STPlan, pearson_per_gene
 from st_hist2st.model._training import Training, preset
 
-from .conftest import TINY
-
 
 def test_parameter_count_matches_the_authors_model():
     module = Hist2STModule(Architecture(n_genes=785))
@@ -28,8 +26,8 @@ def test_parameter_count_matches_the_authors_model():
     assert "75,789,833" in repr(module)
 
 
-def test_output_shapes():
-    arch = Architecture(n_genes=7, **TINY)
+def test_output_shapes(tiny):
+    arch = Architecture(n_genes=7, **tiny)
     module = Hist2STModule(arch).eval()
     patches = torch.randint(0, 255, (2, 5, 3, 112, 112), dtype=torch.uint8)
     positions = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1], [5, 5]])
@@ -128,8 +126,8 @@ def _batch(n=6, genes=5):
 
 
 @pytest.mark.parametrize("batch_passes", [True, False])
-def test_losses_are_finite_and_gradients_reach_every_part(batch_passes):
-    arch, training = preset("paper", **TINY, n_genes=5, bake=2, batch_passes=batch_passes)
+def test_losses_are_finite_and_gradients_reach_every_part(batch_passes, tiny):
+    arch, training = preset("paper", **tiny, n_genes=5, bake=2, batch_passes=batch_passes)
     plan = Hist2STPlan({**arch, "n_genes": 5}, training.to_dict())
     out = plan.losses(_batch())
     assert set(out) == {"mse", "zinb", "distill", "loss"}

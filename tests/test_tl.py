@@ -9,8 +9,6 @@ import st_hist2st as hist2st
 from st_hist2st._data._targets import expression_targets
 from st_hist2st.model._plan import pearson_per_gene
 
-from .conftest import TINY
-
 
 def test_fit_returns_a_trained_model_with_history(trained, adata):
     assert trained.is_trained
@@ -65,8 +63,8 @@ def test_save_load_round_trip_gives_identical_predictions(trained, adata, tmp_pa
     np.testing.assert_array_equal(a, b)
 
 
-def test_same_seed_same_predictions(adata):
-    kwargs = {"max_epochs": 1, "show_progress_bar": False, "accelerator": "cpu", "seed": 3, **TINY}
+def test_same_seed_same_predictions(adata, tiny):
+    kwargs = {"max_epochs": 1, "show_progress_bar": False, "accelerator": "cpu", "seed": 3, **tiny}
     a = hist2st.tl.fit(adata, "hires", **kwargs).predict(adata, show_progress_bar=False)
     b = hist2st.tl.fit(adata, "hires", **kwargs).predict(adata, show_progress_bar=False)
     c = hist2st.tl.fit(adata, "hires", **{**kwargs, "seed": 4}).predict(adata, show_progress_bar=False)
@@ -74,16 +72,16 @@ def test_same_seed_same_predictions(adata):
     assert not np.array_equal(a, c)
 
 
-def test_fit_leaves_adata_and_global_rng_alone(adata):
+def test_fit_leaves_adata_and_global_rng_alone(adata, tiny):
     before = adata.copy()
     state = torch.random.get_rng_state()
-    hist2st.tl.fit(adata, "hires", max_epochs=1, show_progress_bar=False, **TINY)
+    hist2st.tl.fit(adata, "hires", max_epochs=1, show_progress_bar=False, **tiny)
     assert torch.equal(state, torch.random.get_rng_state())
     assert set(adata.obsp) == set(before.obsp) and set(adata.uns) == set(before.uns)
     assert (adata.X != before.X).nnz == 0
 
 
-def test_tiny_model_learns_expression_from_colour():
+def test_tiny_model_learns_expression_from_colour(tiny):
     adata = hist2st.datasets.synthetic(n_libraries=4, n_genes=30, seed=0)
     model = hist2st.tl.fit(
         adata,
@@ -96,7 +94,7 @@ def test_tiny_model_learns_expression_from_colour():
         zinb=0.0,
         show_progress_bar=False,
         accelerator="cpu",
-        **TINY,
+        **tiny,
     )
     held = adata[adata.obs["library_id"] == "S3"].copy()
     hist2st.tl.predict(held, model, show_progress_bar=False)
@@ -107,7 +105,7 @@ def test_tiny_model_learns_expression_from_colour():
     assert model.history["val_pearson"].iloc[-1] > 0.8
 
 
-def test_ddp_on_two_cpu_processes(adata):
+def test_ddp_on_two_cpu_processes(adata, tiny):
     model = hist2st.tl.fit(
         adata,
         "hires",
@@ -116,7 +114,7 @@ def test_ddp_on_two_cpu_processes(adata):
         devices=2,
         strategy="ddp_spawn",
         show_progress_bar=False,
-        **TINY,
+        **tiny,
     )
     assert model.is_trained and len(model.history) == 1
     assert np.isfinite(model.predict(adata, show_progress_bar=False)).all()
@@ -132,8 +130,8 @@ def test_gene_mismatch_and_missing_image_fail_clearly(trained, adata):
     assert "hist2st" not in adata.layers
 
 
-def test_untrained_model_refuses_to_predict(adata):
-    model = hist2st.Hist2ST(list(adata.var_names), **TINY)
+def test_untrained_model_refuses_to_predict(adata, tiny):
+    model = hist2st.Hist2ST(list(adata.var_names), **tiny)
     with pytest.raises(RuntimeError, match="not trained"):
         model.predict(adata)
 
