@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from st_hist2st._constants import Key
+from st_hist2st._utils import check_adata
+from st_hist2st.pl._utils import save_figure
+
+
+def gene_correlation(
+    adata: AnnData,
+    layer: str = Key.prediction,
+    *,
+    key: str | None = None,
+    n_top: int = 10,
+    ax: Axes | None = None,
+    save: str | Path | None = None,
+) -> Axes:
+    """Genes ranked by the Pearson r of their prediction, the best ones named.
+
+    Parameters
+    ----------
+    adata
+        Spots after :func:`st_hist2st.tl.evaluate`.
+    layer
+        Layer that was evaluated.
+    key
+        Column of ``var`` with r; default ``f'{layer}_pearson'``.
+    n_top
+        Number of best genes to name.
+    ax
+        Axes to draw on; default a new figure.
+    save
+        Write the figure to this file.
+
+    Returns
+    -------
+    The axes.
+    """
+    check_adata(adata)
+    key = f"{layer}_pearson" if key is None else key
+    if key not in adata.var:
+        raise KeyError(f"`adata.var[{key!r}]` does not exist; run `hist2st.tl.evaluate(adata, {layer!r})` first.")
+    r = adata.var[key].dropna().sort_values(ascending=False)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    ranks = np.arange(1, len(r) + 1)
+    ax.plot(ranks, r.to_numpy(), color="0.3", lw=1.5)
+    ax.axhline(0, color="0.7", lw=0.8, ls="--")
+    top = r.iloc[:n_top]
+    ax.scatter(ranks[:n_top], top.to_numpy(), color="C3", s=14, zorder=3)
+    for i, (gene, value) in enumerate(top.items()):
+        ax.annotate(gene, (i + 1, value), xytext=(6, -2 - 9 * i), textcoords="offset points", fontsize=8, color="C3")
+    ax.set_xlabel("gene rank")
+    ax.set_ylabel("Pearson r (predicted vs observed)")
+    ax.set_title(f"{len(r)} genes, mean r = {r.mean():.3f}")
+    save_figure(ax.figure, save)
+    return ax
+
+
+def training_history(model: Any, *, ax: Axes | None = None, save: str | Path | None = None) -> Figure:
+    """Training losses and validation Pearson r per epoch.
+
+    Parameters
+    ----------
+    model
+        A trained :class:`~st_hist2st.Hist2ST` (or anything with a ``history`` DataFrame).
+    ax
+        Axes for the losses; validation r goes on a twin axis. Default a new figure.
+    save
+        Write the figure to this file.
+
+    Returns
+    -------
+    The figure.
+    """
+    history = getattr(model, "history", None)
+    if history is None or len(history) == 0:
+        raise ValueError("The model has no training history; train it with `hist2st.tl.fit` first.")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 4))
+    epochs = history["epoch"].to_numpy() + 1
+    for k, column in enumerate(c for c in history.columns if c.startswith("train_") or c == "val_mse"):
+        ax.plot(epochs, history[column], label=column.replace("_", " "), color=f"C{k}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    handles, labels = ax.get_legend_handles_labels()
+    if "val_pearson" in history:
+        twin = ax.twinx()
+        twin.plot(epochs, history["val_pearson"], color="k", lw=2, label="validation r")
+        twin.set_ylabel("validation mean Pearson r")
+        h2, l2 = twin.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, frameon=False)
+    ax.set_title("training history")
+    save_figure(ax.figure, save)
+    return ax.figure
