@@ -260,3 +260,21 @@ def test_spatial_graph_writes_obsp_only_where_asked(adata):
     assert (adata.obsp["spatial_connectivities"] != conn).nnz == 0
     with pytest.raises(ValueError, match="contradict"):
         hist2st.pp.spatial_graph(adata, inplace=False, copy=True)
+
+
+def test_tile_covers_the_tissue_and_predicts(trained):
+    # a white slide with a dark square of tissue in the middle
+    img = np.full((400, 600, 3), 245, dtype=np.uint8)
+    img[100:300, 200:400] = (150, 80, 160)
+    slide = hist2st.pp.tile(img, spot_step=40, spot_diameter=32, library_id="he")
+    xy = slide.obsm["spatial"]
+    assert slide.n_vars == 0 and slide.n_obs > 0
+    assert (xy[:, 0] > 180).all() and (xy[:, 0] < 420).all() and (xy[:, 1] > 80).all() and (xy[:, 1] < 320).all()
+    assert slide.n_obs == pytest.approx(25, abs=6)
+    hexagonal = hist2st.pp.tile(img, spot_step=40, layout="visium")
+    assert ((hexagonal.obs["array_row"] + hexagonal.obs["array_col"]) % 2 == 0).all()
+    out = hist2st.tl.predict(slide, trained, "hires", show_progress_bar=False)
+    assert out.shape == (slide.n_obs, len(trained.genes))
+    assert np.isfinite(out.layers["hist2st"]).all()
+    with pytest.raises(ValueError, match="No pseudo-spot"):
+        hist2st.pp.tile(np.full((100, 100, 3), 250, dtype=np.uint8), spot_step=20, tissue_threshold=10)

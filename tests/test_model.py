@@ -154,3 +154,21 @@ def test_training_settings_are_checked():
     fast = preset("fast")[1]
     assert fast.lr_factor(0) < fast.lr_factor(fast.warmup_epochs) == pytest.approx(1.0)
     assert Training().lr_factor(50) == pytest.approx(0.9)
+
+
+def test_crop_section_keeps_a_window_and_its_subgraph():
+    from st_hist2st.model._plan import crop_section
+
+    # a 4 x 4 grid with edges between horizontal neighbours
+    pos = torch.tensor([[c, r] for r in range(4) for c in range(4)])
+    src = torch.tensor([i for i in range(16) if i % 4 != 3])
+    batch = {"positions": pos, "edge_index": torch.stack([src, src + 1]), "targets": torch.arange(16.0)[:, None]}
+    out = crop_section(batch, 0.25, generator=torch.Generator().manual_seed(1))
+    assert out["positions"].shape == (4, 2)
+    assert out["edge_index"].max() < 4
+    kept = out["targets"].ravel().long()
+    # every kept edge joins two kept spots that were neighbours before
+    for s, t in out["edge_index"].t().tolist():
+        assert kept[t] - kept[s] == 1
+    span = out["positions"].float()
+    assert (span.max(0).values - span.min(0).values).max() <= 2

@@ -32,16 +32,17 @@ CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.pt"
 
 
 class SectionDataset(torch.utils.data.Dataset):
-    """Sections as dicts of tensors, one per item."""
+    """Sections as dicts of tensors, each ``repeats`` times per epoch."""
 
-    def __init__(self, sections: Sequence[Section]) -> None:
+    def __init__(self, sections: Sequence[Section], repeats: int = 1) -> None:
         self.items = [section_batch(s) for s in sections]
+        self.repeats = repeats
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.items) * self.repeats
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.items[index]
+        return self.items[index % len(self.items)]
 
 
 def section_batch(section: Section) -> dict[str, torch.Tensor]:

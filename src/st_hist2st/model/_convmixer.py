@@ -3,6 +3,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from st_hist2st.model._dropout import Dropout
+
 
 class ConvMixerBlock(nn.Module):
     r"""One ConvMixer block of Hist2ST.
@@ -86,7 +88,7 @@ class PatchEncoder(nn.Module):
             raise ValueError(f"`channel` must be a multiple of 8, got {channels}.")
         self.fig_size, self.patch_size, self.channels = fig_size, patch_size, channels
         self.embed = nn.Conv2d(3, channels, patch_size, patch_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.mixer = nn.Sequential(*[ConvMixerBlock(channels, kernel_size) for _ in range(depth)])
         self.reduce = nn.Conv2d(channels, channels // 8, 1)
 

@@ -40,7 +40,10 @@ class Architecture:
     dim_head
         Width of each attention head.
     dropout
-        Dropout on the patch embedding, in attention and in the feed-forward nets.
+        Dropout on the patch embedding, after attention and in the feed-forward nets.
+    attn_dropout
+        Dropout on the attention weights; ``None`` uses ``dropout`` (as the paper). ``0`` lets attention run
+        as one fused kernel that never holds the ``N x N`` weights, needed for sections of thousands of spots.
     n_pos
         Entries of the positional embedding table per grid axis (64 for legacy ST, at least 128 for Visium).
     policy
@@ -64,6 +67,7 @@ class Architecture:
     heads: int = 16
     dim_head: int = 64
     dropout: float = 0.2
+    attn_dropout: float | None = None
     n_pos: int = 64
     policy: str = "mean"
     zinb: bool = True
@@ -121,7 +125,8 @@ class Hist2STModule(nn.Module):
         )
         self.x_embed = nn.Embedding(arch.n_pos, dim)
         self.y_embed = nn.Embedding(arch.n_pos, dim)
-        self.transformer = Transformer(dim, arch.depth2, arch.heads, arch.dim_head, arch.dropout)
+        attn_dropout = arch.dropout if arch.attn_dropout is None else arch.attn_dropout
+        self.transformer = Transformer(dim, arch.depth2, arch.heads, arch.dim_head, arch.dropout, attn_dropout)
         self.gnn = GraphJumpingKnowledge(dim, arch.depth3, arch.policy)
         self.zinb = ZINBHead(dim, arch.n_genes) if arch.zinb else None
         self.pass_weight = PassWeight(dim) if arch.distillation else None
@@ -129,6 +134,8 @@ class Hist2STModule(nn.Module):
         self.augment = SectionAugment()
         #: Patches encoded at once; larger batches are split (and checkpointed while training).
         self.encoder_chunk = 4096
+        #: Recompute Transformer blocks and the GNN in the backward pass instead of keeping their activations.
+        self.gradient_checkpointing = False
 
     def reset_parameters(self) -> None:
         """Re-initialise all weights."""
@@ -152,6 +159,8 @@ class Hist2STModule(nn.Module):
         b, n = patches.shape[:2]
         tokens = self.encode_patches(patches.flatten(0, 1)).view(b, n, -1)
         tokens = tokens + (self.x_embed(positions[:, 0]) + self.y_embed(positions[:, 1])).unsqueeze(0)
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self.gnn, self.transformer(tokens), edge_index, use_reentrant=False)
         return self.gnn(self.transformer(tokens), edge_index)
 
     def encode_patches(self, patches: torch.Tensor) -> torch.Tensor:

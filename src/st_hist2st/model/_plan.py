@@ -13,6 +13,22 @@ from st_hist2st.model._module import Architecture, Hist2STModule
 from st_hist2st.model._training import Training
 
 
+def crop_section(batch: dict, fraction: float, generator: torch.Generator | None = None) -> dict:
+    """The spots nearest (on the grid) to a random spot of the section, ``fraction`` of them, with their subgraph."""
+    from torch_geometric.utils import subgraph
+
+    n = batch["positions"].shape[0]
+    k = max(2, int(round(fraction * n)))
+    if k >= n:
+        return batch
+    centre = int(torch.randint(n, (1,), generator=generator))
+    dist = (batch["positions"] - batch["positions"][centre]).float().norm(dim=1)
+    keep = torch.argsort(dist, stable=True)[:k].sort().values
+    out = {key: value[keep] for key, value in batch.items() if key != "edge_index"}
+    out["edge_index"], _ = subgraph(keep, batch["edge_index"], relabel_nodes=True, num_nodes=n)
+    return out
+
+
 def pearson_per_gene(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Pearson r between columns of two ``(N, G)`` tensors; NaN for a column constant in either."""
     pred, target = pred.double(), target.double()
@@ -44,6 +60,9 @@ class Hist2STPlan(L.LightningModule):
         self.save_hyperparameters()
         self.net = Hist2STModule(Architecture(**architecture))
         self.settings = Training(**training)
+        self.net.gradient_checkpointing = self.net.transformer.gradient_checkpointing = (
+            self.settings.gradient_checkpointing
+        )
         self.history: list[dict] = []
         self.history_path = history_path
         self._epoch_sums: dict[str, list[float]] = {}

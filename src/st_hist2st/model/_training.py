@@ -35,6 +35,14 @@ class Training:
         passes); ``False`` runs them one after the other as the original code does.
     max_epochs
         Epochs to train; one step per section.
+    crop_fraction
+        Train on a random window of the section per step: the spots nearest (on the grid) to a random spot,
+        this fraction of them. ``None`` trains on whole sections, as the paper.
+    crops_per_section
+        Windows drawn from each section per epoch (steps per section per epoch).
+    gradient_checkpointing
+        Recompute the Transformer blocks and the GNN in the backward pass: slower, but memory no longer grows
+        with their activations (sections of thousands of spots).
     """
 
     learning_rate: float = 1e-5
@@ -49,6 +57,9 @@ class Training:
     bake: int = 5
     batch_passes: bool = True
     max_epochs: int = 350
+    crop_fraction: float | None = None
+    crops_per_section: int = 1
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.schedule not in ("step", "cosine"):
@@ -57,6 +68,10 @@ class Training:
             raise ValueError(f"`learning_rate` must be positive, got {self.learning_rate}.")
         if self.max_epochs < 1:
             raise ValueError(f"`max_epochs` must be at least 1, got {self.max_epochs}.")
+        if self.crop_fraction is not None and not 0 < self.crop_fraction <= 1:
+            raise ValueError(f"`crop_fraction` must be in (0, 1], got {self.crop_fraction}.")
+        if self.crops_per_section < 1:
+            raise ValueError(f"`crops_per_section` must be at least 1, got {self.crops_per_section}.")
         if self.bake < 0:
             raise ValueError(f"`bake` must be non-negative, got {self.bake}.")
 

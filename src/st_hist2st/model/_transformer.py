@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from st_hist2st.model._dropout import Dropout, dropout
+
 
 class Attention(nn.Module):
     r"""Multi-head self-attention without bias on q, k, v, with an output projection and dropout.
@@ -16,12 +18,15 @@ class Attention(nn.Module):
     input ``(B, N, dim)``, output ``(B, N, dim)``.
     """
 
-    def __init__(self, dim: int, heads: int = 16, dim_head: int = 64, dropout: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, heads: int = 16, dim_head: int = 64, dropout: float = 0.0, attn_dropout: float | None = None
+    ) -> None:
         super().__init__()
-        self.dim, self.heads, self.dim_head, self.dropout = dim, heads, dim_head, dropout
+        self.dim, self.heads, self.dim_head = dim, heads, dim_head
+        self.dropout = dropout if attn_dropout is None else attn_dropout
         inner = heads * dim_head
         self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
+        self.to_out = nn.Sequential(nn.Linear(inner, dim), Dropout(dropout))
 
     def reset_parameters(self) -> None:
         """Re-initialise all weights."""
@@ -31,7 +36,12 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        if self.training and self.dropout > 0:
+            # dropout on the attention weights needs them in memory anyway: compute them explicitly
+            weights = dropout(torch.softmax((q * self.dim_head**-0.5) @ k.transpose(-2, -1), dim=-1), self.dropout)
+            out = weights @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
 
     def __repr__(self) -> str:
@@ -46,14 +56,22 @@ class TransformerBlock(nn.Module):
     input ``(B, N, dim)``, output ``(B, N, dim)``.
     """
 
-    def __init__(self, dim: int, heads: int = 16, dim_head: int = 64, mlp_dim: int | None = None, dropout: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 16,
+        dim_head: int = 64,
+        mlp_dim: int | None = None,
+        dropout: float = 0.0,
+        attn_dropout: float | None = None,
+    ):
         super().__init__()
         mlp_dim = dim if mlp_dim is None else mlp_dim
         self.attn_norm = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dim_head, dropout)
+        self.attn = Attention(dim, heads, dim_head, dropout, attn_dropout)
         self.ff_norm = nn.LayerNorm(dim)
         self.ff = nn.Sequential(
-            nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, dim), nn.Dropout(dropout)
+            nn.Linear(dim, mlp_dim), nn.GELU(), Dropout(dropout), nn.Linear(mlp_dim, dim), Dropout(dropout)
         )
 
     def reset_parameters(self) -> None:
@@ -74,10 +92,21 @@ class Transformer(nn.Module):
     input ``(B, N, dim)``, output ``(B, N, dim)``.
     """
 
-    def __init__(self, dim: int, depth: int = 8, heads: int = 16, dim_head: int = 64, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        depth: int = 8,
+        heads: int = 16,
+        dim_head: int = 64,
+        dropout: float = 0.0,
+        attn_dropout: float | None = None,
+    ) -> None:
         super().__init__()
         self.dim, self.depth, self.heads = dim, depth, heads
-        self.blocks = nn.ModuleList([TransformerBlock(dim, heads, dim_head, dim, dropout) for _ in range(depth)])
+        self.blocks = nn.ModuleList(
+            [TransformerBlock(dim, heads, dim_head, dim, dropout, attn_dropout) for _ in range(depth)]
+        )
+        self.gradient_checkpointing = False
 
     def reset_parameters(self) -> None:
         """Re-initialise all weights."""

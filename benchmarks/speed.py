@@ -1,0 +1,200 @@
+"""Speed and memory of training and prediction, with the machine's own peak throughput for scale.
+
+Prints, measured in this run: fp32 and bf16 matmul throughput; the FLOPs of a default training step
+(``torch.utils.flop_counter``); training-step times on real her2st sections (180 and 283 spots) in fp32 and
+with bf16 autocast, each also as a fraction of the matching peak; the self-distillation passes batched with
+the clean pass against one after the other; an epoch over the four shared sections; prediction throughput;
+peak RSS while training on the four shared sections; and a training step on a synthetic 5,000-spot
+Visium-like section.
+
+    python benchmarks/speed.py            # everything
+    python benchmarks/speed.py --only steps predict
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(os.environ.get("HIST2ST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "her2st"))
+CASES = ("throughput", "steps", "predict", "rss", "visium")
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.nn.functional.linear(a, b)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.nn.functional.linear(a, b)
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def sections():
+    import st_hist2st as hist2st
+    from st_hist2st._data._section import prepare_sections
+    from st_hist2st._model import section_batch
+
+    adata = hist2st.datasets.her2st(ROOT)
+    genes = (ROOT / "genes_785.txt").read_text().split()
+    prepared = prepare_sections(adata, "fullres", genes=genes, crop_size=112, show_progress_bar=False)
+    return {s.library_id: section_batch(s) for s in prepared}
+
+
+def make_plan(**settings):
+    from st_hist2st.model._plan import Hist2STPlan
+    from st_hist2st.model._training import preset
+
+    arch, training = preset("paper", **settings)
+    return Hist2STPlan(arch, training.to_dict())
+
+
+def step_time(plan, batch, optimizer, bf16: bool, reps: int = 3) -> float:
+    times = []
+    for _ in range(reps + 1):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = plan.losses(batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def step_flops(plan, batch) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        plan.losses(batch)["loss"].backward()
+    plan.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def throughput() -> dict:
+    peaks = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    print(
+        f"matmul throughput on this machine ({torch.get_num_threads()} threads): fp32 {peaks['fp32']:.0f} GFLOP/s, "
+        f"bf16 {peaks['bf16']:.0f} GFLOP/s"
+    )
+    return peaks
+
+
+def steps(peaks: dict) -> None:
+    data = sections()
+    plan = make_plan()
+    optimizer = torch.optim.Adam(plan.parameters(), lr=1e-5)
+    for lib in ("C3", "B4"):
+        batch = data[lib]
+        n = batch["patches"].shape[0]
+        flops = step_flops(plan, batch)
+        for name, bf16 in (("fp32", False), ("bf16", True)):
+            t = step_time(plan, batch, optimizer, bf16)
+            print(
+                f"train step {lib} ({n} spots, 5 distillation passes) {name}: {t:.2f} s; {flops / 1e9:.0f} GFLOP "
+                f"-> {flops / t / 1e9:.0f} GFLOP/s = {flops / t / 1e9 / peaks[name]:.0%} of the {name} peak"
+            )
+    sequential = make_plan(batch_passes=False)
+    seq_opt = torch.optim.Adam(sequential.parameters(), lr=1e-5)
+    t_seq = step_time(sequential, data["C3"], seq_opt, False)
+    t_bat = step_time(plan, data["C3"], optimizer, False)
+    print(f"distillation passes C3 fp32: batched with the clean pass {t_bat:.2f} s, one after the other {t_seq:.2f} s")
+    for name, bf16 in (("fp32", False), ("bf16", True)):
+        total = sum(step_time(plan, b, optimizer, bf16, reps=1) for b in data.values())
+        print(
+            f"epoch over the four shared sections ({sum(b['patches'].shape[0] for b in data.values())} spots) "
+            f"{name}: {total:.1f} s"
+        )
+
+
+def predict() -> None:
+    data = sections()
+    plan = make_plan()
+    net = plan.net.eval()
+    batch = data["C3"]
+    n = batch["patches"].shape[0]
+    for name, bf16 in (("fp32", False), ("bf16", True)):
+        times = []
+        for _ in range(4):
+            t0 = time.perf_counter()
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                net(batch["patches"], batch["positions"], batch["edge_index"])
+            times.append(time.perf_counter() - t0)
+        t = statistics.median(times[1:])
+        print(f"predict C3 ({n} spots) {name}: {t:.3f} s = {n / t:.0f} spots/s")
+
+
+def rss() -> None:
+    import st_hist2st as hist2st
+
+    adata = hist2st.datasets.her2st(ROOT)
+    images_gb = (
+        sum(e["images"]["fullres"].nbytes + e["images"]["lowres"].nbytes for e in adata.uns["spatial"].values()) / 1e9
+    )
+    after_load = peak_rss_gb()
+    genes = (ROOT / "genes_785.txt").read_text().split()
+    t0 = time.perf_counter()
+    hist2st.tl.fit(adata, "fullres", genes=genes, crop_size=112, max_epochs=1, show_progress_bar=False)
+    print(
+        f"tl.fit, 1 epoch on the four shared sections (paper settings, fp32): {time.perf_counter() - t0:.1f} s "
+        f"including patch extraction; peak RSS {peak_rss_gb():.2f} GB (after loading {after_load:.2f} GB, "
+        f"of which the H&E images held in adata.uns {images_gb:.2f} GB)"
+    )
+
+
+def visium() -> None:
+    import st_hist2st as hist2st
+    from st_hist2st._data._section import prepare_sections
+    from st_hist2st._model import section_batch
+
+    adata = hist2st.datasets.synthetic(n_libraries=1, shape=(50, 100), n_genes=785, layout="visium", spot_step=24)
+    section = prepare_sections(adata, "hires", genes=list(adata.var_names), show_progress_bar=False)[0]
+    batch = section_batch(section)
+    before = peak_rss_gb()
+    plan = make_plan(n_pos=256, attn_dropout=0.0, gradient_checkpointing=True)
+    optimizer = torch.optim.Adam(plan.parameters(), lr=1e-5)
+    t = step_time(plan, batch, optimizer, False, reps=1)
+    print(
+        f"synthetic Visium-like section, {section.n_spots} spots, hexagonal graph "
+        f"({section.edge_index.shape[1]} edges), paper settings with attn_dropout=0 (fused attention) and "
+        f"gradient checkpointing, fp32: {t:.1f} s per training step; peak RSS {peak_rss_gb():.2f} GB "
+        f"(data {before:.2f} GB)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", choices=CASES, default=list(CASES))
+    parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    if args.case:
+        {
+            "steps": lambda: steps(throughput()),
+            "predict": predict,
+            "rss": rss,
+            "visium": visium,
+            "throughput": throughput,
+        }[args.case]()
+        return
+    for case in args.only:
+        if case == "throughput" and "steps" in args.only:
+            continue  # steps measures the throughput itself, in the same process
+        # each case in its own process, so that peak RSS figures are its own
+        subprocess.run([sys.executable, __file__, "--case", case], check=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+from scipy import stats
+
+import st_hist2st as hist2st
+from st_hist2st._data._targets import expression_targets
+
+
+def _predicted(n=30, genes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(5, size=(n, genes)).astype(np.float32)
+    counts[:, 3] = 0  # constant in every library
+    adata = AnnData(counts, obs=pd.DataFrame({"library_id": pd.Categorical(["a"] * (n // 2) + ["b"] * (n - n // 2))}))
+    adata.obs_names = [f"s{i}" for i in range(n)]
+    adata.var_names = [f"g{i}" for i in range(genes)]
+    pred = rng.normal(size=(n, genes)).astype(np.float32)
+    pred[:, 3] = 1.0
+    adata.layers["hist2st"] = pred
+    adata.uns["hist2st"] = {"genes": list(adata.var_names)}
+    return adata
+
+
+def test_evaluate_matches_a_hand_computed_r():
+    adata = _predicted()
+    table = hist2st.tl.evaluate(adata)
+    target = expression_targets(adata.X)
+    a = (adata.obs["library_id"] == "a").to_numpy()
+    expected = stats.pearsonr(adata.layers["hist2st"][a, 1], target[a, 1])
+    row = table[(table["gene"] == "g1") & (table["library"] == "a")].iloc[0]
+    assert row["r"] == pytest.approx(expected.statistic, abs=1e-6)
+    assert row["pvalue"] == pytest.approx(expected.pvalue, rel=1e-4)
+    assert set(table.columns) == {"gene", "library", "r", "pvalue"}
+    assert len(table) == 8
+
+
+def test_evaluate_counts_constant_genes_as_nan():
+    adata = _predicted()
+    table = hist2st.tl.evaluate(adata)
+    assert table.loc[table["gene"] == "g3", "r"].isna().all()
+    summary = adata.uns["hist2st_pearson"]
+    assert summary["n_nan"] == 2
+    assert summary["libraries"]["a"]["n_nan"] == 1
+    assert np.isnan(adata.var.loc["g3", "hist2st_pearson"])
+    assert summary["mean_r"] == pytest.approx(table["r"].mean())
+
+
+def test_evaluate_needs_predictions():
+    adata = _predicted()
+    with pytest.raises(KeyError, match="tl.predict"):
+        hist2st.tl.evaluate(adata, layer="nothing")
+
+
+def test_region_ari_recovers_known_clusters():
+    rng = np.random.default_rng(0)
+    n, genes = 90, 20
+    labels = np.repeat(["tumour", "stroma", "immune"], n // 3)
+    centres = rng.normal(0, 5, size=(3, genes))
+    pred = centres[np.repeat(np.arange(3), n // 3)] + rng.normal(0, 0.5, size=(n, genes))
+    labels = labels.astype(object)
+    labels[::10] = "undetermined"
+    adata = AnnData(
+        rng.poisson(3, size=(n, genes)).astype(np.float32),
+        obs=pd.DataFrame({"library_id": pd.Categorical(["x"] * n), "label": labels}),
+    )
+    adata.obs_names = [f"s{i}" for i in range(n)]
+    adata.layers["hist2st"] = pred.astype(np.float32)
+    result = hist2st.tl.region_ari(adata, label_key="label")
+    assert result.loc["x", "ari"] == pytest.approx(1.0)
+    assert result.loc["x", "n_spots"] == n - n // 10
+    assert result.loc["x", "n_clusters"] == 3
+    unlabelled = hist2st.tl.region_ari(adata, n_clusters=3)
+    assert "observed" in unlabelled.loc["x", "reference"]
+    assert -1 <= unlabelled.loc["x", "ari"] <= 1
+
+
+@pytest.fixture
+def predicted(trained, adata):
+    hist2st.tl.predict(adata, trained, show_progress_bar=False)
+    hist2st.tl.evaluate(adata)
+    return adata
+
+
+def test_spatial_pred_draws_on_given_axes_and_saves(predicted, tmp_path):
+    fig, axes = plt.subplots(2, 2)
+    out = hist2st.pl.spatial_pred(predicted, ["gene0", "gene1"], library_id="S1", ax=axes, save=tmp_path / "sp.png")
+    assert out is fig
+    assert (tmp_path / "sp.png").stat().st_size > 0
+    assert "r = " in axes[0, 1].get_title() and axes[0, 0].get_title() == "gene0 observed"
+    # a shared colour scale per gene
+    left, right = axes[0, 0].collections[0].get_clim(), axes[0, 1].collections[0].get_clim()
+    assert left == right
+    assert len(axes[0, 0].images) == 1  # the H&E under the spots
+    with pytest.raises(ValueError, match="2 axes per gene"):
+        hist2st.pl.spatial_pred(predicted, ["gene0"], ax=axes)
+    plt.close("all")
+
+
+def test_gene_correlation_and_history_plots(predicted, trained, tmp_path):
+    fig, ax = plt.subplots()
+    assert hist2st.pl.gene_correlation(predicted, ax=ax, save=tmp_path / "gc.png") is ax
+    assert (tmp_path / "gc.png").exists()
+    fig2, ax2 = plt.subplots()
+    assert hist2st.pl.training_history(trained, ax=ax2, save=tmp_path / "th.png") is fig2
+    assert (tmp_path / "th.png").exists()
+    plt.close("all")
+
+
+def test_no_unfilled_docstring_placeholders():
+    for module in (hist2st.tl, hist2st.pl, hist2st.pp, hist2st.datasets):
+        for name in module.__all__:
+            assert "%(" not in (getattr(module, name).__doc__ or ""), name
