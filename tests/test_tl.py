@@ -92,6 +92,8 @@ def test_tiny_model_learns_expression_from_colour(tiny):
         learning_rate=1e-3,
         bake=0,
         zinb=0.0,
+        crop_fraction=None,
+        crops_per_section=1,
         show_progress_bar=False,
         accelerator="cpu",
         **tiny,
@@ -148,3 +150,25 @@ def test_view_is_refused(trained, adata):
     view = adata[:10]
     with pytest.raises(ValueError, match="view"):
         hist2st.tl.predict(view, trained)
+
+
+def test_windows_give_more_steps_per_epoch(adata, tiny):
+    import lightning as L
+
+    class Count(L.Callback):
+        steps = 0
+
+        def on_train_batch_end(self, *args):
+            Count.steps += 1
+
+    hist2st.tl.fit(
+        adata,
+        "hires",
+        max_epochs=1,
+        crop_fraction=0.5,
+        crops_per_section=3,
+        show_progress_bar=False,
+        trainer_kwargs={"callbacks": [Count()]},
+        **tiny,
+    )
+    assert Count.steps == 2 * 3

@@ -163,7 +163,9 @@ class Hist2ST:
             "train_libraries": train_libs,
             "validation_libraries": val_libs,
         }
-        loader = torch.utils.data.DataLoader(SectionDataset(train), batch_size=None, shuffle=True, collate_fn=_identity)
+        loader = torch.utils.data.DataLoader(
+            SectionDataset(train, self.training.crops_per_section), batch_size=None, shuffle=True, collate_fn=_identity
+        )
         val_loader = (
             torch.utils.data.DataLoader(SectionDataset(val), batch_size=None, collate_fn=_identity) if val else None
         )

@@ -99,7 +99,17 @@ PRESETS: dict[str, dict] = {
     "paper": {"architecture": {}, "training": Training()},
     "fast": {
         "architecture": {"pixel_scale": 1 / 255},
-        "training": Training(learning_rate=1e-4, schedule="cosine", warmup_epochs=5, gradient_clip=1.0, max_epochs=100),
+        "training": Training(
+            learning_rate=1e-4,
+            schedule="cosine",
+            warmup_epochs=5,
+            gradient_clip=1.0,
+            zinb=0.0,
+            bake=0,
+            crop_fraction=0.25,
+            crops_per_section=4,
+            max_epochs=100,
+        ),
     },
 }
 
