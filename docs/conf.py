@@ -51,7 +51,7 @@ nitpicky = True
 nitpick_ignore_regex = [
     (
         r"py:.*",
-        r"(anndata|numpy|np|pandas|pd|torch|scipy|squidpy|spatialdata|lightning|matplotlib|sklearn|pooch)(\..*)?",
+        r"(anndata|numpy|np|pandas|pd|torch|scipy|squidpy|spatialdata|lightning|matplotlib|sklearn|pooch|scanpy)(\..*)?",
     ),
     (r"py:.*", r"(AnnData|Axes|Figure|Path|Any|Sequence|Mapping|Literal|Layout|Tensor|DataFrame|Trainer)"),
     (r"py:.*", r"(collections\.abc|typing|pathlib|os)\..*"),

@@ -42,7 +42,8 @@ def gene_correlation(
 
     Returns
     -------
-    The axes.
+    matplotlib.axes.Axes
+        The axes drawn on.
     """
     check_adata(adata)
     key = f"{layer}_pearson" if key is None else key
@@ -56,8 +57,10 @@ def gene_correlation(
     ax.axhline(0, color="0.7", lw=0.8, ls="--")
     top = r.iloc[:n_top]
     ax.scatter(ranks[:n_top], top.to_numpy(), color="C3", s=14, zorder=3)
-    for i, (gene, value) in enumerate(top.items()):
-        ax.annotate(gene, (i + 1, value), xytext=(6, -2 - 9 * i), textcoords="offset points", fontsize=8, color="C3")
+    listing = "\n".join(f"{i + 1}. {gene}  {value:.2f}" for i, (gene, value) in enumerate(top.items()))
+    ax.text(
+        0.97, 0.97, listing, transform=ax.transAxes, ha="right", va="top", fontsize=8, color="C3", family="monospace"
+    )
     ax.set_xlabel("gene rank")
     ax.set_ylabel("Pearson r (predicted vs observed)")
     ax.set_title(f"{len(r)} genes, mean r = {r.mean():.3f}")
@@ -79,7 +82,8 @@ def training_history(model: Any, *, ax: Axes | None = None, save: str | Path | N
 
     Returns
     -------
-    The figure.
+    matplotlib.figure.Figure
+        The figure.
     """
     history = getattr(model, "history", None)
     if history is None or len(history) == 0:

@@ -70,7 +70,8 @@ def spatial_pred(
 
     Returns
     -------
-    The figure.
+    matplotlib.figure.Figure
+        The figure.
     """
     import scanpy as sc
 
