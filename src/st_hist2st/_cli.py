@@ -14,7 +14,7 @@ from st_hist2st._constants import DATA_ENV, HER2ST_CROP_SIZE
 logger = logging.getLogger("st_hist2st")
 
 #: A reduced architecture that trains in minutes on a laptop CPU; the demo says that it uses it.
-DEMO_ARCHITECTURE = {"depth2": 2, "depth3": 2, "bake": 1}
+DEMO_ARCHITECTURE = {"depth2": 2, "depth3": 2}
 
 
 def _find_her2st() -> Path | None:
