@@ -66,7 +66,7 @@ class Hist2ST:
     genes
         Genes the model predicts, in order.
     preset
-        ``'paper'`` (the published settings) or ``'fast'`` (converges within a CPU budget of minutes; see
+        ``'paper'`` (the published settings) or ``'fast'`` (for CPU budgets of minutes to an hour; see
         :doc:`/model`).
     seed
         Seed of the initial weights.
