@@ -163,7 +163,7 @@ def visium() -> None:
     section = prepare_sections(adata, "hires", genes=list(adata.var_names), show_progress_bar=False)[0]
     batch = section_batch(section)
     before = peak_rss_gb()
-    plan = make_plan(n_pos=256, attn_dropout=0.0, gradient_checkpointing=True)
+    plan = make_plan(n_pos=256, attn_dropout=0.0, gradient_checkpointing=True)  # the paper settings otherwise
     optimizer = torch.optim.Adam(plan.parameters(), lr=1e-5)
     t = step_time(plan, batch, optimizer, False, reps=1)
     print(

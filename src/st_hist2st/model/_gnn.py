@@ -5,6 +5,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torch_geometric.nn import MessagePassing
 
 
@@ -118,6 +119,9 @@ class GraphJumpingKnowledge(nn.Module):
         self.dim, self.depth = dim, depth
         self.layers = nn.ModuleList([GraphSAGE(dim, dim, policy) for _ in range(depth)])
         self.lstm = nn.LSTM(dim, dim, lstm_layers)
+        #: With gradient checkpointing, rows of the jumping-knowledge LSTM recomputed together.
+        self.lstm_chunk = 4096
+        self.gradient_checkpointing = False
 
     def reset_parameters(self) -> None:
         """Re-initialise all weights."""
@@ -134,7 +138,14 @@ class GraphJumpingKnowledge(nn.Module):
         for layer in self.layers:
             x = layer(x, graph)
             outputs.append(x.reshape(b * n, d))
-        return lstm_mean(self.lstm, torch.stack(outputs)).view(b, n, -1)
+        seq = torch.stack(outputs)
+        if self.gradient_checkpointing and torch.is_grad_enabled() and seq.shape[1] > self.lstm_chunk:
+            # rows are independent sequences: recompute the LSTM a chunk of rows at a time in the backward pass
+            parts = [
+                checkpoint(lstm_mean, self.lstm, part, use_reentrant=False) for part in seq.split(self.lstm_chunk, 1)
+            ]
+            return torch.cat(parts).view(b, n, -1)
+        return lstm_mean(self.lstm, seq).view(b, n, -1)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.dim}, depth={self.depth})"

@@ -134,8 +134,6 @@ class Hist2STModule(nn.Module):
         self.augment = SectionAugment()
         #: Patches encoded at once; larger batches are split (and checkpointed while training).
         self.encoder_chunk = 4096
-        #: Recompute Transformer blocks and the GNN in the backward pass instead of keeping their activations.
-        self.gradient_checkpointing = False
 
     def reset_parameters(self) -> None:
         """Re-initialise all weights."""
@@ -159,8 +157,6 @@ class Hist2STModule(nn.Module):
         b, n = patches.shape[:2]
         tokens = self.encode_patches(patches.flatten(0, 1)).view(b, n, -1)
         tokens = tokens + (self.x_embed(positions[:, 0]) + self.y_embed(positions[:, 1])).unsqueeze(0)
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(self.gnn, self.transformer(tokens), edge_index, use_reentrant=False)
         return self.gnn(self.transformer(tokens), edge_index)
 
     def encode_patches(self, patches: torch.Tensor) -> torch.Tensor:

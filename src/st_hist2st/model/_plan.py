@@ -60,9 +60,8 @@ class Hist2STPlan(L.LightningModule):
         self.save_hyperparameters()
         self.net = Hist2STModule(Architecture(**architecture))
         self.settings = Training(**training)
-        self.net.gradient_checkpointing = self.net.transformer.gradient_checkpointing = (
-            self.settings.gradient_checkpointing
-        )
+        self.net.transformer.gradient_checkpointing = self.settings.gradient_checkpointing
+        self.net.gnn.gradient_checkpointing = self.settings.gradient_checkpointing
         self.history: list[dict] = []
         self.history_path = history_path
         self._epoch_sums: dict[str, list[float]] = {}
