@@ -43,7 +43,6 @@ source_suffix = {
 
 html_theme = "sphinx_book_theme"
 html_title = "st-hist2st"
-html_static_path = ["_static"]
 html_theme_options = {"repository_url": "https://github.com/scverse/st-hist2st", "use_repository_button": False}
 
 # Offline builds: no intersphinx, so references to other packages' objects are not resolved.
