@@ -125,8 +125,7 @@ class Hist2STModule(nn.Module):
         )
         self.x_embed = nn.Embedding(arch.n_pos, dim)
         self.y_embed = nn.Embedding(arch.n_pos, dim)
-        attn_dropout = arch.dropout if arch.attn_dropout is None else arch.attn_dropout
-        self.transformer = Transformer(dim, arch.depth2, arch.heads, arch.dim_head, arch.dropout, attn_dropout)
+        self.transformer = Transformer(dim, arch.depth2, arch.heads, arch.dim_head, arch.dropout, arch.attn_dropout)
         self.gnn = GraphJumpingKnowledge(dim, arch.depth3, arch.policy)
         self.zinb = ZINBHead(dim, arch.n_genes) if arch.zinb else None
         self.pass_weight = PassWeight(dim) if arch.distillation else None

@@ -10,8 +10,9 @@ from st_hist2st.model._dropout import Dropout, dropout
 class Attention(nn.Module):
     r"""Multi-head self-attention without bias on q, k, v, with an output projection and dropout.
 
-    Uses :func:`torch.nn.functional.scaled_dot_product_attention`, so no ``N x N`` matrix is kept for the
-    backward pass where a fused kernel exists.
+    Without dropout on the attention weights (``attn_dropout=0`` or in eval mode) it uses
+    :func:`torch.nn.functional.scaled_dot_product_attention`, so no ``N x N`` matrix is kept where a fused kernel
+    exists; with that dropout, the weights are computed explicitly.
 
     Shapes
     ------
