@@ -15,6 +15,7 @@ from st_hist2st.model import (
     distillation_teacher,
     zinb_nll,
 )
+from st_hist2st.model._augment import random_dihedral
 from st_hist2st.model._gnn import GraphJumpingKnowledge, lstm_mean, mean_adjacency
 from st_hist2st.model._plan import Hist2STPlan, pearson_per_gene
 from st_hist2st.model._training import Training, preset
@@ -174,6 +175,39 @@ def test_crop_section_keeps_a_window_and_its_subgraph():
     assert (span.max(0).values - span.min(0).values).max() <= 2
 
 
+def test_training_steps_on_windows_when_asked(tiny):
+    seen = []
+    for fraction, expected in ((None, 8), (0.5, 4)):
+        arch, training = preset("fast", **tiny, crop_fraction=fraction)
+        plan = Hist2STPlan({**arch, "n_genes": 5}, training.to_dict())
+        plan.losses = lambda batch: seen.append(batch["patches"].shape[0]) or {"loss": torch.zeros(())}
+        plan.log = lambda *args, **kwargs: None
+        plan.training_step(_batch(n=8), 0)
+        assert seen[-1] == expected
+
+
+def test_gene_statistics_set_the_output_bias_and_the_loss_weights(tiny):
+    mean, var = torch.tensor([0.5, 1.0, 2.0, 0.0, 1.5]), torch.tensor([1.0, 0.25, 4.0, 0.0, 1.0])
+    arch, training = preset("paper", **tiny, zinb=False, bake=0, init_output_bias=True, standardize_genes=True)
+    plan = Hist2STPlan({**arch, "n_genes": 5}, training.to_dict())
+    plan.set_gene_statistics(mean, var)
+    torch.testing.assert_close(plan.net.gene_head.linear.bias.detach(), mean)
+    # inverse variance, the last gene's zero variance floored at 1 % of the mean variance, averaging 1
+    expected = 1 / torch.tensor([1.0, 0.25, 4.0, 0.0125, 1.0])
+    torch.testing.assert_close(plan.gene_weights, expected / expected.mean())
+    batch = _batch()
+    plan.eval()  # BatchNorm on running statistics: the same prediction inside losses()
+    pred = plan.net(batch["patches"], batch["positions"], batch["edge_index"]).expression[0]
+    weighted = ((pred - batch["targets"]) ** 2 * plan.gene_weights).mean()
+    torch.testing.assert_close(plan.losses(batch)["mse"], weighted)
+
+    untouched = Hist2STPlan({**arch, "n_genes": 5}, preset("paper", **tiny)[1].to_dict())
+    bias = untouched.net.gene_head.linear.bias.detach().clone()
+    untouched.set_gene_statistics(mean, var)
+    torch.testing.assert_close(untouched.net.gene_head.linear.bias.detach(), bias)
+    assert untouched.gene_weights is None
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     jk = GraphJumpingKnowledge(8, depth=2)
@@ -185,3 +219,54 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     jk.gradient_checkpointing = True
     jk(x, EDGES).sum().backward()
     torch.testing.assert_close(x.grad, plain)
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of ``fn()``, and run it."""
+    storages = {}
+
+    def pack(t):
+        if t.layout == torch.strided:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    out.backward()
+    return sum(storages.values())
+
+
+def test_checkpointing_the_whole_network_keeps_less_and_gives_the_same_gradients(tiny):
+    # eval mode: in training mode the encoder's BatchNorm would normalise each chunk by its own statistics
+    net = Hist2STModule(n_genes=5, **tiny).eval()
+    net.checkpoint_chunk = 2
+    batch = _batch(n=6)
+    grads, saved = {}, {}
+    for flag in (False, True):
+        net.zero_grad()
+        net.gradient_checkpointing = flag
+        saved[flag] = _saved_bytes(
+            lambda: net(batch["patches"], batch["positions"], batch["edge_index"]).expression.square().sum()
+        )
+        grads[flag] = [p.grad.clone() for p in net.parameters() if p.grad is not None]
+    assert net.transformer.gradient_checkpointing and net.gnn.gradient_checkpointing
+    assert saved[True] < saved[False] / 2
+    assert len(grads[True]) == len(grads[False]) > 0
+    for plain, recomputed in zip(grads[False], grads[True], strict=True):
+        torch.testing.assert_close(recomputed, plain)
+
+
+def test_random_dihedral_draws_the_eight_symmetries_of_each_patch():
+    x = torch.randint(0, 255, (64, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    y = random_dihedral(x, torch.Generator().manual_seed(1))
+    assert y.dtype == torch.uint8 and y.shape == x.shape
+    found = set()
+    for before, after in zip(x, y, strict=True):
+        symmetries = [torch.rot90(before, k, (-2, -1)) for k in range(4)]
+        symmetries += [s.flip(-1) for s in symmetries]
+        matches = [i for i, s in enumerate(symmetries) if torch.equal(s, after)]
+        assert matches
+        found.add(matches[0])
+    assert found == set(range(8))
+    with pytest.raises(ValueError, match="square"):
+        random_dihedral(torch.zeros(1, 3, 4, 5))

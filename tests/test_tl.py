@@ -172,3 +172,13 @@ def test_windows_give_more_steps_per_epoch(adata, tiny):
         **tiny,
     )
     assert Count.steps == 2 * 3
+
+
+def test_first_fit_starts_the_output_bias_at_the_gene_means(adata, tiny):
+    model = hist2st.tl.fit(
+        adata, "hires", max_epochs=1, learning_rate=1e-12, init_output_bias=True, show_progress_bar=False, **tiny
+    )
+    means = np.concatenate(
+        [expression_targets(adata[adata.obs["library_id"] == lib].X.toarray()) for lib in ("S0", "S1")]
+    ).mean(0)
+    np.testing.assert_allclose(model.module.gene_head.linear.bias.detach().numpy(), means, atol=1e-5)

@@ -54,6 +54,12 @@ def section_batch(section: Section) -> dict[str, torch.Tensor]:
     return batch
 
 
+def target_statistics(sections: Sequence[Section]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-gene mean and variance of the targets over all spots of ``sections``."""
+    targets = torch.cat([s.targets for s in sections]).double()
+    return targets.mean(0), targets.var(0, unbiased=False)
+
+
 def _identity(batch):
     return batch
 
@@ -174,6 +180,8 @@ class Hist2ST:
             history_path = str(Path(tmp) / "history.json")
             plan = Hist2STPlan(self.architecture.to_dict(), self.training.to_dict(), history_path)
             plan.net.load_state_dict(self.module.state_dict())
+            if not self.is_trained:
+                plan.set_gene_statistics(*target_statistics(train))
             kwargs = {
                 "max_epochs": self.training.max_epochs,
                 "accelerator": accelerator,

@@ -9,6 +9,24 @@ from torch import nn
 _GREY = (0.299, 0.587, 0.114)
 
 
+def random_dihedral(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each patch of ``x`` ``(N, C, H, W)`` under a random one of the 8 symmetries of the square.
+
+    A rotation by a random multiple of 90 degrees, then a mirror with probability 1/2; any dtype, exact pixel
+    values.
+    """
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"Patches must be square to rotate them by 90 degrees, got {tuple(x.shape[-2:])}.")
+    draw = torch.randint(8, (x.shape[0],), generator=generator).to(x.device)
+    out = torch.empty_like(x)
+    for symmetry in range(8):
+        idx = (draw == symmetry).nonzero().squeeze(1)
+        if idx.numel():
+            y = torch.rot90(x[idx], symmetry % 4, dims=(-2, -1))
+            out[idx] = y.flip(-1) if symmetry >= 4 else y
+    return out
+
+
 class SectionAugment(nn.Module):
     r"""Random augmentations for self-distillation, one draw per pass applied to all patches of the section.
 

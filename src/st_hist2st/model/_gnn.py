@@ -139,7 +139,7 @@ class GraphJumpingKnowledge(nn.Module):
             x = layer(x, graph)
             outputs.append(x.reshape(b * n, d))
         seq = torch.stack(outputs)
-        if self.gradient_checkpointing and torch.is_grad_enabled() and seq.shape[1] > self.lstm_chunk:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
             # rows are independent sequences: recompute the LSTM a chunk of rows at a time in the backward pass
             parts = [
                 checkpoint(lstm_mean, self.lstm, part, use_reentrant=False) for part in seq.split(self.lstm_chunk, 1)

@@ -133,6 +133,18 @@ class Hist2STModule(nn.Module):
         self.augment = SectionAugment()
         #: Patches encoded at once; larger batches are split (and checkpointed while training).
         self.encoder_chunk = 4096
+        #: Patches encoded at once when checkpointing: the encoder is cheap to recompute but its activations
+        #: are large.
+        self.checkpoint_chunk = 256
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Recompute the encoder, the Transformer blocks and the jumping-knowledge LSTM in the backward pass."""
+        return self.transformer.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value: bool) -> None:
+        self.transformer.gradient_checkpointing = self.gnn.gradient_checkpointing = bool(value)
 
     def reset_parameters(self) -> None:
         """Re-initialise all weights."""
@@ -164,9 +176,10 @@ class Hist2STModule(nn.Module):
         With gradients, each chunk is checkpointed: only the tokens are kept, and the chunk is recomputed in
         the backward pass, so memory does not grow with the patches' activations.
         """
-        if patches.shape[0] <= self.encoder_chunk:
+        size = self.checkpoint_chunk if self.gradient_checkpointing else self.encoder_chunk
+        if patches.shape[0] <= size:
             return self._encode_chunk(patches)
-        chunks = patches.split(self.encoder_chunk)
+        chunks = patches.split(size)
         if torch.is_grad_enabled():
             return torch.cat([checkpoint(self._encode_chunk, c, use_reentrant=False) for c in chunks])
         return torch.cat([self._encode_chunk(c) for c in chunks])

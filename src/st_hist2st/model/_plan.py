@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from st_hist2st.model._augment import random_dihedral
 from st_hist2st.model._losses import distillation_loss, zinb_nll
 from st_hist2st.model._module import Architecture, Hist2STModule
 from st_hist2st.model._training import Training
@@ -60,13 +61,23 @@ class Hist2STPlan(L.LightningModule):
         self.save_hyperparameters()
         self.net = Hist2STModule(Architecture(**architecture))
         self.settings = Training(**training)
-        self.net.transformer.gradient_checkpointing = self.settings.gradient_checkpointing
-        self.net.gnn.gradient_checkpointing = self.settings.gradient_checkpointing
+        self.net.gradient_checkpointing = self.settings.gradient_checkpointing
         self.history: list[dict] = []
         self.history_path = history_path
         self._epoch_sums: dict[str, list[float]] = {}
         self._val_r: list[float] = []
         self._val_mse: list[float] = []
+        self.register_buffer("gene_weights", None, persistent=False)
+
+    def set_gene_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Use the training targets' per-gene ``mean`` and ``var`` as the settings say (output bias, gene weights)."""
+        if self.settings.init_output_bias:
+            with torch.no_grad():
+                self.net.gene_head.linear.bias.copy_(mean)
+        if self.settings.standardize_genes:
+            # a floor keeps genes that barely vary in the training spots from dominating
+            weights = 1 / var.clamp_min(0.01 * float(var.mean()))
+            self.gene_weights = (weights / weights.mean()).float()
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """All terms of the loss for one section."""
@@ -85,7 +96,10 @@ class Hist2STPlan(L.LightningModule):
                 else None
             )
         pred = net.gene_head(h_clean).float()
-        out = {"mse": F.mse_loss(pred, batch["targets"])}
+        if self.gene_weights is None:
+            out = {"mse": F.mse_loss(pred, batch["targets"])}
+        else:
+            out = {"mse": ((pred - batch["targets"]).square() * self.gene_weights).mean()}
         loss = out["mse"]
         if cfg.zinb > 0 and net.zinb is not None:
             mean, disp, pi = net.zinb(h_clean.float())
@@ -98,6 +112,10 @@ class Hist2STPlan(L.LightningModule):
         return out
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.settings.crop_fraction is not None:
+            batch = crop_section(batch, self.settings.crop_fraction)
+        if self.settings.dihedral:
+            batch = {**batch, "patches": random_dihedral(batch["patches"])}
         out = self.losses(batch)
         for name, value in out.items():
             self._epoch_sums.setdefault(name, []).append(float(value.detach()))

@@ -40,9 +40,21 @@ class Training:
         this fraction of them. ``None`` trains on whole sections, as the paper.
     crops_per_section
         Windows drawn from each section per epoch (steps per section per epoch).
+    dihedral
+        Show the clean pass each patch rotated by a random multiple of 90 degrees and mirrored at random (a
+        tissue section has no orientation): the network sees new pixels each epoch instead of memorising.
+    init_output_bias
+        Start the bias of the expression head at each gene's mean target over the training spots, so that
+        training does not first spend epochs learning the gene means.
+    standardize_genes
+        Weight each gene's squared error by the inverse of its variance over the training spots (weights
+        averaging 1), so that every gene counts alike, as in the mean Pearson r over genes; otherwise the
+        few genes of largest variance dominate the loss.
     gradient_checkpointing
-        Recompute the Transformer blocks and the GNN in the backward pass: slower, but memory no longer grows
-        with their activations (sections of thousands of spots).
+        Recompute the patch encoder, the Transformer blocks and the jumping-knowledge LSTM in the backward
+        pass: about a third slower, but only their inputs are kept (sections of thousands of spots, or little
+        memory). The encoder then runs on chunks of patches, and its BatchNorm normalises each chunk by the
+        chunk's statistics rather than the section's.
     """
 
     learning_rate: float = 1e-5
@@ -59,6 +71,9 @@ class Training:
     max_epochs: int = 350
     crop_fraction: float | None = None
     crops_per_section: int = 1
+    dihedral: bool = False
+    init_output_bias: bool = False
+    standardize_genes: bool = False
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from st_hist2st.model._dropout import Dropout, dropout
 
@@ -107,6 +108,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(
             [TransformerBlock(dim, heads, dim_head, dim, dropout, attn_dropout) for _ in range(depth)]
         )
+        #: Keep only each block's input and recompute the block in the backward pass.
         self.gradient_checkpointing = False
 
     def reset_parameters(self) -> None:
@@ -115,8 +117,9 @@ class Transformer(nn.Module):
             block.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         return x
 
     def __repr__(self) -> str:
