@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+import st_hist2st  # noqa: F401  # imported first, as in a user's session: it flushes denormals before torch's threads start
+
 ROOT = Path(os.environ.get("HIST2ST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "her2st"))
 CASES = ("throughput", "steps", "predict", "rss", "visium")
 

@@ -6,6 +6,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 from st_hist2st import datasets, model, pl, pp, tl
 from st_hist2st._model import Hist2ST
+from st_hist2st.model._numerics import flush_denormals
+
+# before torch starts its worker threads where possible: they inherit the setting only when created
+flush_denormals()
 
 try:
     __version__ = version("st-hist2st")

@@ -39,7 +39,7 @@ class Training:
         Train on a random window of the section per step: the spots nearest (on the grid) to a random spot,
         this fraction of them. ``None`` trains on whole sections, as the paper.
     crops_per_section
-        Windows drawn from each section per epoch (steps per section per epoch).
+        Steps on each section per epoch: windows drawn with ``crop_fraction``, else the whole section again.
     dihedral
         Show the clean pass each patch rotated by a random multiple of 90 degrees and mirrored at random (a
         tissue section has no orientation): the network sees new pixels each epoch instead of memorising.
@@ -121,7 +121,6 @@ PRESETS: dict[str, dict] = {
             gradient_clip=1.0,
             zinb=0.0,
             bake=0,
-            crop_fraction=0.25,
             crops_per_section=4,
             max_epochs=100,
         ),

@@ -75,8 +75,8 @@ def fit(
     preset
         ``'paper'``: the published training (Adam 1e-5, x0.9 every 50 epochs, 350 epochs, raw pixel values).
         ``'fast'``: pixel values in [0, 1], Adam 1e-4 with 5 warm-up epochs and cosine decay, gradient
-        clipping at 1, no ZINB term, no distillation passes, and steps on windows of 25% of a section's spots
-        (4 per section and epoch); see :doc:`/model`.
+        clipping at 1, no ZINB term, no distillation passes, each section 4 times per epoch; see
+        :doc:`/model`.
     max_epochs
         Epochs; overrides the preset.
     accelerator, devices, strategy, num_nodes
