@@ -133,8 +133,7 @@ class Hist2STModule(nn.Module):
         self.augment = SectionAugment()
         #: Patches encoded at once; larger batches are split (and checkpointed while training).
         self.encoder_chunk = 4096
-        #: Patches encoded at once when checkpointing: the encoder is cheap to recompute but its activations
-        #: are large.
+        #: Patches encoded at once when checkpointing (the encoder is cheap to recompute, its activations large).
         self.checkpoint_chunk = 256
 
     @property
