@@ -8,7 +8,8 @@ from st_hist2st import datasets, model, pl, pp, tl
 from st_hist2st._model import Hist2ST
 from st_hist2st.model._numerics import flush_denormals
 
-# before torch starts its worker threads where possible: they inherit the setting only when created
+# once, at import (spawned training processes import the package too), before torch starts its worker
+# threads where possible: they inherit the setting only when created
 flush_denormals()
 
 try:

@@ -21,7 +21,6 @@ from st_hist2st._constants import Key
 from st_hist2st._data._section import Section, prepare_sections
 from st_hist2st._utils import check_adata, check_libraries, get_libraries
 from st_hist2st.model._module import Architecture, Hist2STModule
-from st_hist2st.model._numerics import flush_denormals
 from st_hist2st.model._plan import Hist2STPlan
 from st_hist2st.model._training import Training
 from st_hist2st.model._training import preset as get_preset
@@ -93,7 +92,6 @@ class Hist2ST:
         if not genes or len(set(genes)) != len(genes):
             raise ValueError("`genes` must be a non-empty list of distinct gene names.")
         arch, training = get_preset(preset, **settings)
-        flush_denormals()
         self.genes: list[str] = genes
         self.preset = preset
         self.architecture = Architecture(n_genes=len(genes), **arch)
@@ -236,7 +234,6 @@ class Hist2ST:
         """
         self._check_trained()
         check_adata(adata)
-        flush_denormals()
         if precision not in ("32", "bf16"):
             raise ValueError(f"`precision` must be '32' or 'bf16', got {precision!r}.")
         image_key = self.preprocessing.get("image_key") if image_key is None else image_key

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from st_hist2st.model._augment import random_dihedral
 from st_hist2st.model._losses import distillation_loss, zinb_nll
 from st_hist2st.model._module import Architecture, Hist2STModule
-from st_hist2st.model._numerics import flush_denormals
 from st_hist2st.model._training import Training
 
 
@@ -59,7 +58,6 @@ class Hist2STPlan(L.LightningModule):
 
     def __init__(self, architecture: dict, training: dict, history_path: str | None = None) -> None:
         super().__init__()
-        flush_denormals()
         self.save_hyperparameters()
         self.net = Hist2STModule(Architecture(**architecture))
         self.settings = Training(**training)
@@ -80,9 +78,6 @@ class Hist2STPlan(L.LightningModule):
             # a floor keeps genes that barely vary in the training spots from dominating
             weights = 1 / var.clamp_min(0.01 * float(var.mean()))
             self.gene_weights = (weights / weights.mean()).float()
-
-    def setup(self, stage: str) -> None:
-        flush_denormals()  # in each process, spawned ones included
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """All terms of the loss for one section."""
