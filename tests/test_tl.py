@@ -182,3 +182,8 @@ def test_first_fit_starts_the_output_bias_at_the_gene_means(adata, tiny):
         [expression_targets(adata[adata.obs["library_id"] == lib].X.toarray()) for lib in ("S0", "S1")]
     ).mean(0)
     np.testing.assert_allclose(model.module.gene_head.linear.bias.detach().numpy(), means, atol=1e-5)
+
+
+def test_non_positive_crop_size_fails_before_training(adata, tiny):
+    with pytest.raises(ValueError, match="crop_size"):
+        hist2st.tl.fit(adata, "hires", max_epochs=1, crop_size=0, show_progress_bar=False, **tiny)

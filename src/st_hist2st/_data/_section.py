@@ -84,6 +84,20 @@ def default_crop_size(adata: AnnData, library_id: str) -> float:
         ) from None
 
 
+def resolve_crops(
+    adata: AnnData, image_key: str, libraries: Sequence[str], image: Any, crop_size: float | None
+) -> dict[str, tuple[ImageSource, float]]:
+    """Image and crop side of each library, checked before any long work."""
+    crops = {}
+    for lib in libraries:
+        source = resolve_image(adata, image_key, lib, image)
+        side = default_crop_size(adata, lib) if crop_size is None else float(crop_size)
+        if not side > 0:
+            raise ValueError(f"`crop_size` must be positive, got {side}.")
+        crops[lib] = (source, side)
+    return crops
+
+
 def extract_patches(
     adata: AnnData,
     image_key: str,
@@ -100,12 +114,8 @@ def extract_patches(
     libraries = get_libraries(adata, library_key)
     patches = np.empty((adata.n_obs, 3, patch_size, patch_size), dtype=np.uint8)
     padded = np.zeros(adata.n_obs)
-    sources = {lib: resolve_image(adata, image_key, lib, image) for lib in libraries.cat.categories}
-    for lib, source in sources.items():
+    for lib, (source, side) in resolve_crops(adata, image_key, libraries.cat.categories, image, crop_size).items():
         idx = np.flatnonzero((libraries == lib).to_numpy())
-        side = default_crop_size(adata, lib) if crop_size is None else float(crop_size)
-        if not side > 0:
-            raise ValueError(f"`crop_size` must be positive, got {side}.")
         patches[idx], padded[idx] = crop_patches(
             source, coords[idx], side, patch_size=patch_size, show_progress_bar=show_progress_bar
         )
@@ -153,9 +163,7 @@ def prepare_sections(
             "use a model with larger `n_pos` (Visium needs 128)."
         )
     counts_all = get_counts(adata, list(genes), layer) if genes is not None else None
-    # resolve images and crop sizes before any long work, so bad input fails fast
-    sources = {lib: resolve_image(adata, image_key, lib, image) for lib in wanted}
-    sides = {lib: default_crop_size(adata, lib) if crop_size is None else float(crop_size) for lib in wanted}
+    crops = resolve_crops(adata, image_key, wanted, image, crop_size)
     conn = get_connectivities(
         adata,
         library_key=library_key if library_key in adata.obs else None,
@@ -176,8 +184,9 @@ def prepare_sections(
                 f"The spot graph has {outside} edges from library {lib!r} to other libraries. Build it per library,"
                 " e.g. `sq.gr.spatial_neighbors(adata, library_key=...)`."
             )
+        source, side = crops[lib]
         patches, padded = crop_patches(
-            sources[lib], coords[idx], sides[lib], patch_size=PATCH_SIZE, show_progress_bar=show_progress_bar
+            source, coords[idx], side, patch_size=PATCH_SIZE, show_progress_bar=show_progress_bar
         )
         section = Section(
             library_id=str(lib),
