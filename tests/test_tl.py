@@ -184,6 +184,42 @@ def test_first_fit_starts_the_output_bias_at_the_gene_means(adata, tiny):
     np.testing.assert_allclose(model.module.gene_head.linear.bias.detach().numpy(), means, atol=1e-5)
 
 
+def test_ema_decay_returns_the_moving_average_of_the_weights(adata, tiny):
+    import lightning as L
+
+    class Record(L.Callback):
+        weights: list = []
+
+        def on_train_batch_end(self, trainer, module, *args):
+            Record.weights.append({k: v.detach().clone() for k, v in module.net.named_parameters()})
+
+    decay = 0.5
+    model = hist2st.tl.fit(
+        adata,
+        "hires",
+        max_epochs=2,
+        learning_rate=1e-2,
+        ema_decay=decay,
+        show_progress_bar=False,
+        trainer_kwargs={"callbacks": [Record()]},
+        **tiny,
+    )
+    assert len(Record.weights) == 4
+    average = Record.weights[0]
+    for step in Record.weights[1:]:
+        average = {k: decay * average[k] + (1 - decay) * step[k] for k in average}
+    returned = dict(model.module.named_parameters())
+    last = Record.weights[-1]
+    assert any(not torch.allclose(returned[k], last[k]) for k in last)
+    for name, value in average.items():
+        torch.testing.assert_close(returned[name].detach(), value, rtol=1e-5, atol=1e-6)
+
+
+def test_ema_decay_out_of_range_is_refused(adata, tiny):
+    with pytest.raises(ValueError, match="ema_decay"):
+        hist2st.tl.fit(adata, "hires", max_epochs=1, ema_decay=1.0, show_progress_bar=False, **tiny)
+
+
 def test_non_positive_crop_size_fails_before_training(adata, tiny):
     with pytest.raises(ValueError, match="crop_size"):
         hist2st.tl.fit(adata, "hires", max_epochs=1, crop_size=0, show_progress_bar=False, **tiny)

@@ -198,7 +198,9 @@ class Hist2ST:
                 "default_root_dir": tmp,
                 "log_every_n_steps": 1,
             }
-            kwargs.update(trainer_kwargs or {})
+            extra = dict(trainer_kwargs or {})
+            kwargs["callbacks"] = self._callbacks() + list(extra.pop("callbacks", None) or [])
+            kwargs.update(extra)
             trainer = L.Trainer(**kwargs)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -212,6 +214,14 @@ class Hist2ST:
         self.history = pd.concat([previous, pd.DataFrame(history)], ignore_index=True)
         self.is_trained = True
         return self
+
+    def _callbacks(self) -> list:
+        """Lightning callbacks the training settings ask for."""
+        if self.training.ema_decay is None:
+            return []
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        return [EMAWeightAveraging(decay=self.training.ema_decay)]
 
     # ------------------------------------------------------------------ prediction
     def predict(

@@ -50,6 +50,11 @@ class Training:
         Weight each gene's squared error by the inverse of its variance over the training spots (weights
         averaging 1), so that every gene counts alike, as in the mean Pearson r over genes; otherwise the
         few genes of largest variance dominate the loss.
+    ema_decay
+        Keep an exponential moving average of the weights, updated after every step with this decay
+        (``0.99`` averages over about the last 100 steps); validation uses the averaged weights and training
+        returns them. Averaging smooths the step-to-step noise of training on a few sections. ``None`` keeps
+        the last weights, as the paper.
     gradient_checkpointing
         Recompute the patch encoder, the Transformer blocks and the jumping-knowledge LSTM in the backward
         pass: about a third slower, but only their inputs are kept (sections of thousands of spots, or little
@@ -74,6 +79,7 @@ class Training:
     dihedral: bool = False
     init_output_bias: bool = False
     standardize_genes: bool = False
+    ema_decay: float | None = None
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -87,6 +93,8 @@ class Training:
             raise ValueError(f"`crop_fraction` must be in (0, 1], got {self.crop_fraction}.")
         if self.crops_per_section < 1:
             raise ValueError(f"`crops_per_section` must be at least 1, got {self.crops_per_section}.")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"`ema_decay` must be in (0, 1) or None, got {self.ema_decay}.")
         if self.bake < 0:
             raise ValueError(f"`bake` must be non-negative, got {self.bake}.")
 
