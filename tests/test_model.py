@@ -17,6 +17,7 @@ from st_hist2st.model import (
 )
 from st_hist2st.model._augment import random_dihedral
 from st_hist2st.model._gnn import GraphJumpingKnowledge, lstm_mean, mean_adjacency
+from st_hist2st.model._module import section_channel_statistics
 from st_hist2st.model._plan import Hist2STPlan, pearson_per_gene
 from st_hist2st.model._training import Training, preset
 
@@ -270,3 +271,35 @@ def test_random_dihedral_draws_the_eight_symmetries_of_each_patch():
     assert found == set(range(8))
     with pytest.raises(ValueError, match="square"):
         random_dihedral(torch.zeros(1, 3, 4, 5))
+
+
+def test_section_channel_statistics_equal_a_direct_computation():
+    patches = torch.randint(0, 256, (2, 7, 3, 16, 16), dtype=torch.uint8)
+    mean, std = section_channel_statistics(patches, chunk=3)
+    x = patches.double()
+    torch.testing.assert_close(mean.view(2, 3), x.mean((1, 3, 4)).float())
+    torch.testing.assert_close(std.view(2, 3), x.std((1, 3, 4), unbiased=False).float())
+
+
+@pytest.mark.parametrize("section_norm", [True, False])
+def test_section_norm_ignores_a_colour_shift_of_the_whole_section(section_norm, tiny):
+    torch.manual_seed(0)
+    module = Hist2STModule(Architecture(n_genes=4, section_norm=section_norm, **tiny)).eval()
+    patches = torch.rand(1, 5, 3, 112, 112) * 200
+    restained = patches * torch.tensor([0.8, 1.1, 0.6]).view(3, 1, 1) + torch.tensor([30.0, -5.0, 60.0]).view(3, 1, 1)
+    positions, edges = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1], [5, 5]]), EDGES
+    a = module(patches, positions, edges).expression
+    b = module(restained, positions, edges).expression
+    assert torch.allclose(a, b, atol=1e-4) == section_norm
+
+
+@pytest.mark.parametrize("position_embedding", [True, False])
+def test_without_position_embedding_grid_positions_do_not_matter(position_embedding, tiny):
+    torch.manual_seed(0)
+    module = Hist2STModule(Architecture(n_genes=4, position_embedding=position_embedding, **tiny)).eval()
+    patches = torch.randint(0, 256, (5, 3, 112, 112), dtype=torch.uint8)
+    positions = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1], [5, 5]])
+    a = module(patches, positions, EDGES).expression
+    b = module(patches, positions + 7, EDGES).expression
+    assert torch.allclose(a, b) != position_embedding
+    assert (module.x_embed is None) != position_embedding

@@ -46,6 +46,11 @@ class Architecture:
         as one fused kernel that never holds the ``N x N`` weights, needed for sections of thousands of spots.
     n_pos
         Entries of the positional embedding table per grid axis (64 for legacy ST, at least 128 for Visium).
+    position_embedding
+        Add the learned embedding of each spot's grid position to its token, as the paper. Grid positions
+        mean nothing on another tissue section, and with them the network can memorise the training spots
+        (position and section together identify each one), so without them it generalises better to new
+        sections; the spot graph still gives it the neighbourhood.
     policy
         GNN aggregation, ``'mean'`` or ``'max'``.
     zinb
@@ -54,6 +59,11 @@ class Architecture:
         Whether the self-distillation weight head exists.
     pixel_scale
         Factor applied to the 0-255 pixel values (1 as the paper; 1/255 scales to [0, 1]).
+    section_norm
+        Standardise each colour channel by its mean and standard deviation over all patches of the section
+        (a simple stain normalisation, applied alike in training and prediction): sections stained or scanned
+        differently then look alike to the network, which cannot tell sections apart by colour.
+        ``pixel_scale`` has no effect then.
     """
 
     n_genes: int = 785
@@ -69,10 +79,12 @@ class Architecture:
     dropout: float = 0.2
     attn_dropout: float | None = None
     n_pos: int = 64
+    position_embedding: bool = True
     policy: str = "mean"
     zinb: bool = True
     distillation: bool = True
     pixel_scale: float = 1.0
+    section_norm: bool = False
 
     @property
     def dim(self) -> int:
@@ -100,6 +112,25 @@ class Hist2STOutput:
     h: torch.Tensor
 
 
+def section_channel_statistics(patches: torch.Tensor, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of each colour channel over the patches of each pass, ``(B, 3, 1, 1)`` each.
+
+    ``patches`` is ``(B, N, 3, H, W)``; sums are taken in float64 ``chunk`` patches at a time, so no float copy
+    of the section is held.
+    """
+    b, n, c = patches.shape[:3]
+    total = torch.zeros(b, c, dtype=torch.float64, device=patches.device)
+    squares = torch.zeros_like(total)
+    for start in range(0, n, chunk):
+        x = patches[:, start : start + chunk].to(torch.float64)
+        total += x.sum((1, 3, 4))
+        squares += x.square().sum((1, 3, 4))
+    count = n * patches.shape[3] * patches.shape[4]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt().clamp_min(1.0)  # at least one grey level
+    return mean.float().view(b, c, 1, 1), std.float().view(b, c, 1, 1)
+
+
 class Hist2STModule(nn.Module):
     r"""The Hist2ST network: ConvMixer patch encoder, Transformer, GraphSAGE + jumping-knowledge LSTM, heads.
 
@@ -123,8 +154,8 @@ class Hist2STModule(nn.Module):
         self.encoder = PatchEncoder(
             arch.fig_size, arch.patch_size, arch.channel, arch.kernel_size, arch.depth1, arch.dropout
         )
-        self.x_embed = nn.Embedding(arch.n_pos, dim)
-        self.y_embed = nn.Embedding(arch.n_pos, dim)
+        self.x_embed = nn.Embedding(arch.n_pos, dim) if arch.position_embedding else None
+        self.y_embed = nn.Embedding(arch.n_pos, dim) if arch.position_embedding else None
         self.transformer = Transformer(dim, arch.depth2, arch.heads, arch.dim_head, arch.dropout, arch.attn_dropout)
         self.gnn = GraphJumpingKnowledge(dim, arch.depth3, arch.policy)
         self.zinb = ZINBHead(dim, arch.n_genes) if arch.zinb else None
@@ -165,27 +196,43 @@ class Hist2STModule(nn.Module):
         if patches.dim() == 4:
             patches = patches.unsqueeze(0)
         b, n = patches.shape[:2]
-        tokens = self.encode_patches(patches.flatten(0, 1)).view(b, n, -1)
-        tokens = tokens + (self.x_embed(positions[:, 0]) + self.y_embed(positions[:, 1])).unsqueeze(0)
+        stats = None
+        if self.arch.section_norm:
+            mean, std = section_channel_statistics(patches)
+            stats = (mean.repeat_interleave(n, 0), std.repeat_interleave(n, 0))
+        tokens = self.encode_patches(patches.flatten(0, 1), stats).view(b, n, -1)
+        if self.x_embed is not None:
+            tokens = tokens + (self.x_embed(positions[:, 0]) + self.y_embed(positions[:, 1])).unsqueeze(0)
         return self.gnn(self.transformer(tokens), edge_index)
 
-    def encode_patches(self, patches: torch.Tensor) -> torch.Tensor:
+    def encode_patches(
+        self, patches: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Tokens of ``(M, 3, H, W)`` patches, converted to float ``encoder_chunk`` patches at a time.
 
-        With gradients, each chunk is checkpointed: only the tokens are kept, and the chunk is recomputed in
-        the backward pass, so memory does not grow with the patches' activations.
+        ``stats`` are per-patch channel means and standard deviations ``(M, 3, 1, 1)`` to standardise by
+        (``section_norm``). With gradients, each chunk is checkpointed: only the tokens are kept, and the chunk
+        is recomputed in the backward pass, so memory does not grow with the patches' activations.
         """
         size = self.checkpoint_chunk if self.gradient_checkpointing else self.encoder_chunk
         if patches.shape[0] <= size:
-            return self._encode_chunk(patches)
-        chunks = patches.split(size)
+            return self._encode_chunk(patches, stats)
+        starts = range(0, patches.shape[0], size)
+        chunks = [
+            (patches[i : i + size], None if stats is None else (stats[0][i : i + size], stats[1][i : i + size]))
+            for i in starts
+        ]
         if torch.is_grad_enabled():
-            return torch.cat([checkpoint(self._encode_chunk, c, use_reentrant=False) for c in chunks])
-        return torch.cat([self._encode_chunk(c) for c in chunks])
+            return torch.cat([checkpoint(self._encode_chunk, *c, use_reentrant=False) for c in chunks])
+        return torch.cat([self._encode_chunk(*c) for c in chunks])
 
-    def _encode_chunk(self, patches: torch.Tensor) -> torch.Tensor:
+    def _encode_chunk(
+        self, patches: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         x = patches.float()
-        if self.arch.pixel_scale != 1.0:
+        if stats is not None:
+            x = (x - stats[0]) / stats[1]
+        elif self.arch.pixel_scale != 1.0:
             x = x * self.arch.pixel_scale
         return self.encoder(x)
 
