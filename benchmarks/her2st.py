@@ -83,10 +83,11 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="training time budget per split")
     parser.add_argument("--preset", default="fast")
     parser.add_argument(
-        "--epochs", type=int, default=1000, help="upper bound on epochs (the budget usually stops first)"
+        "--epochs", type=int, default=None, help="epochs of the learning-rate schedule (default: the preset's)"
     )
     parser.add_argument("--crop-size", type=float, default=112)
     parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the order of sections")
     parser.add_argument("--set", nargs="*", default=[], help="model settings, e.g. learning_rate=3e-4 bake=1")
     parser.add_argument("--out", default=None, help="write the training history of each split as JSON here")
     args = parser.parse_args()
@@ -113,6 +114,7 @@ def main() -> None:
             preset=args.preset,
             max_epochs=args.epochs,
             precision=args.precision,
+            seed=args.seed,
             show_progress_bar=False,
             trainer_kwargs={"max_time": {"minutes": args.minutes}, "callbacks": [PrintEpochs()]},
             **settings,

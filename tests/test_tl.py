@@ -63,6 +63,16 @@ def test_save_load_round_trip_gives_identical_predictions(trained, adata, tmp_pa
     np.testing.assert_array_equal(a, b)
 
 
+def test_fast_preset_network_settings_survive_save_and_load(adata, tiny, tmp_path):
+    model = hist2st.tl.fit(adata, "hires", preset="fast", max_epochs=1, show_progress_bar=False, **tiny)
+    assert not model.architecture.position_embedding and model.architecture.section_norm
+    model.save(tmp_path / "fast")
+    loaded = hist2st.Hist2ST.load(tmp_path / "fast")
+    assert loaded.architecture == model.architecture
+    a = model.predict(adata, show_progress_bar=False)
+    np.testing.assert_array_equal(a, loaded.predict(adata, show_progress_bar=False))
+
+
 def test_same_seed_same_predictions(adata, tiny):
     kwargs = {"max_epochs": 1, "show_progress_bar": False, "accelerator": "cpu", "seed": 3, **tiny}
     a = hist2st.tl.fit(adata, "hires", **kwargs).predict(adata, show_progress_bar=False)

@@ -72,8 +72,8 @@ class Hist2ST:
     genes
         Genes the model predicts, in order.
     preset
-        ``'paper'`` (the published settings) or ``'fast'`` (for CPU budgets of minutes to an hour; see
-        :doc:`/model`).
+        ``'paper'`` (the published network and training) or ``'fast'`` (generalises to new sections within
+        minutes on a CPU; see :doc:`/model`).
     seed
         Seed of the initial weights.
     **settings
