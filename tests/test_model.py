@@ -303,3 +303,13 @@ def test_without_position_embedding_grid_positions_do_not_matter(position_embedd
     b = module(patches, positions + 7, EDGES).expression
     assert torch.allclose(a, b) != position_embedding
     assert (module.x_embed is None) != position_embedding
+
+
+def test_section_norm_uses_the_whole_section_when_patches_are_encoded_in_chunks(tiny):
+    torch.manual_seed(0)
+    module = Hist2STModule(Architecture(n_genes=4, section_norm=True, **tiny)).eval()
+    patches = torch.randint(0, 256, (2, 9, 3, 112, 112), dtype=torch.uint8)
+    positions, edges = torch.stack([torch.arange(9), torch.zeros(9, dtype=torch.long)], 1), EDGES
+    whole = module.encode(patches, positions, edges)
+    module.encoder_chunk = 4
+    torch.testing.assert_close(module.encode(patches, positions, edges), whole)

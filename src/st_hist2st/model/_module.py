@@ -217,11 +217,9 @@ class Hist2STModule(nn.Module):
         size = self.checkpoint_chunk if self.gradient_checkpointing else self.encoder_chunk
         if patches.shape[0] <= size:
             return self._encode_chunk(patches, stats)
-        starts = range(0, patches.shape[0], size)
-        chunks = [
-            (patches[i : i + size], None if stats is None else (stats[0][i : i + size], stats[1][i : i + size]))
-            for i in starts
-        ]
+        parts = patches.split(size)
+        part_stats = zip(stats[0].split(size), stats[1].split(size), strict=True) if stats else [None] * len(parts)
+        chunks = list(zip(parts, part_stats, strict=True))
         if torch.is_grad_enabled():
             return torch.cat([checkpoint(self._encode_chunk, *c, use_reentrant=False) for c in chunks])
         return torch.cat([self._encode_chunk(*c) for c in chunks])
