@@ -73,6 +73,28 @@ def test_fast_preset_network_settings_survive_save_and_load(adata, tiny, tmp_pat
     np.testing.assert_array_equal(a, loaded.predict(adata, show_progress_bar=False))
 
 
+def test_test_time_augmentation_averages_over_all_eight_views(trained, adata):
+    from dataclasses import replace
+
+    from st_hist2st._data._section import prepare_sections
+
+    section = prepare_sections(adata, "hires", genes=None, libraries=["S0"], show_progress_bar=False)[0]
+    turned = replace(section, patches=torch.rot90(section.patches, 1, dims=(-2, -1)))
+    cpu = torch.device("cpu")
+    # the eight views of the turned patches are the eight views of the patches
+    np.testing.assert_allclose(
+        trained.predict_section(turned, cpu, test_time_augmentation=True),
+        trained.predict_section(section, cpu, test_time_augmentation=True),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert not np.allclose(trained.predict_section(turned, cpu), trained.predict_section(section, cpu))
+    out = hist2st.tl.predict(adata, trained, test_time_augmentation=True, copy=True, show_progress_bar=False)
+    assert out.uns["hist2st"]["test_time_augmentation"] is True
+    plain = hist2st.tl.predict(adata, trained, copy=True, show_progress_bar=False)
+    assert not np.allclose(out.layers["hist2st"], plain.layers["hist2st"])
+
+
 def test_same_seed_same_predictions(adata, tiny):
     kwargs = {"max_epochs": 1, "show_progress_bar": False, "accelerator": "cpu", "seed": 3, **tiny}
     a = hist2st.tl.fit(adata, "hires", **kwargs).predict(adata, show_progress_bar=False)

@@ -114,7 +114,9 @@ def predict(args: argparse.Namespace) -> int:
     import st_hist2st as hist2st
 
     adata, image = _read(args.input, args.table)
-    result = hist2st.tl.predict(adata, args.model, args.image_key, image=image, copy=True)
+    result = hist2st.tl.predict(
+        adata, args.model, args.image_key, image=image, test_time_augmentation=args.test_time_augmentation, copy=True
+    )
     result = adata if result is None else result
     result.write_h5ad(args.output)
     print(f"wrote predictions to {args.output} (layers['hist2st'])")
@@ -163,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--overwrite", action="store_true")
         else:
             p.add_argument("--output", required=True, help=".h5ad file to write")
+            p.add_argument(
+                "--test-time-augmentation", action="store_true", help="average over the 8 rotations and mirrors"
+            )
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

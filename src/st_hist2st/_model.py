@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from st_hist2st._constants import Key
 from st_hist2st._data._section import Section, prepare_sections
 from st_hist2st._utils import check_adata, check_libraries, get_libraries
+from st_hist2st.model._augment import dihedral
 from st_hist2st.model._module import Architecture, Hist2STModule
 from st_hist2st.model._plan import Hist2STPlan
 from st_hist2st.model._training import Training
@@ -236,6 +237,7 @@ class Hist2ST:
         crop_size: float | None = None,
         device: str | torch.device | None = None,
         precision: str = "32",
+        test_time_augmentation: bool = False,
         show_progress_bar: bool = True,
     ) -> np.ndarray:
         """Predicted transformed expression, ``(n_obs, n_genes)`` float32 in the order of ``genes``.
@@ -268,18 +270,25 @@ class Hist2ST:
         module = self.module.to(device).eval()
         try:
             for section in tqdm(sections, desc="predicting", unit="section", disable=not show_progress_bar):
-                out[section.obs_index] = self.predict_section(section, device, precision)
+                out[section.obs_index] = self.predict_section(section, device, precision, test_time_augmentation)
         finally:
             self.module.cpu()
         del module
         return out
 
-    def predict_section(self, section: Section, device: torch.device, precision: str = "32") -> np.ndarray:
-        """Predicted expression of one prepared section."""
+    def predict_section(
+        self, section: Section, device: torch.device, precision: str = "32", test_time_augmentation: bool = False
+    ) -> np.ndarray:
+        """Predicted expression of one prepared section, averaged over the 8 views with ``test_time_augmentation``."""
         batch = {k: v.to(device) for k, v in section_batch(section).items()}
+        views = range(8) if test_time_augmentation else range(1)
+        total = None
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            pred = self.module(batch["patches"], batch["positions"], batch["edge_index"]).expression[0]
-        return pred.float().cpu().numpy()
+            for symmetry in views:
+                patches = dihedral(batch["patches"], symmetry)
+                pred = self.module(patches, batch["positions"], batch["edge_index"]).expression[0].float()
+                total = pred if total is None else total + pred
+        return (total / len(views)).cpu().numpy()
 
     def _check_trained(self) -> None:
         if not self.is_trained:

@@ -9,12 +9,20 @@ from torch import nn
 _GREY = (0.299, 0.587, 0.114)
 
 
-def random_dihedral(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Each patch of ``x`` ``(N, C, H, W)`` under a random one of the 8 symmetries of the square.
+def dihedral(x: torch.Tensor, symmetry: int) -> torch.Tensor:
+    """Patches ``x`` ``(..., H, W)`` under symmetry ``0 <= symmetry < 8`` of the square.
 
-    A rotation by a random multiple of 90 degrees, then a mirror with probability 1/2; any dtype, exact pixel
-    values.
+    A rotation by ``symmetry % 4`` times 90 degrees, then a mirror if ``symmetry >= 4``; any dtype, exact
+    pixel values. Symmetry 0 is the identity.
     """
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"Patches must be square to rotate them by 90 degrees, got {tuple(x.shape[-2:])}.")
+    y = torch.rot90(x, symmetry % 4, dims=(-2, -1))
+    return y.flip(-1) if symmetry >= 4 else y
+
+
+def random_dihedral(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each patch of ``x`` ``(N, C, H, W)`` under a random one of the 8 symmetries of the square (:func:`dihedral`)."""
     if x.shape[-1] != x.shape[-2]:
         raise ValueError(f"Patches must be square to rotate them by 90 degrees, got {tuple(x.shape[-2:])}.")
     draw = torch.randint(8, (x.shape[0],), generator=generator).to(x.device)
@@ -22,8 +30,7 @@ def random_dihedral(x: torch.Tensor, generator: torch.Generator | None = None) -
     for symmetry in range(8):
         idx = (draw == symmetry).nonzero().squeeze(1)
         if idx.numel():
-            y = torch.rot90(x[idx], symmetry % 4, dims=(-2, -1))
-            out[idx] = y.flip(-1) if symmetry >= 4 else y
+            out[idx] = dihedral(x[idx], symmetry)
     return out
 
 

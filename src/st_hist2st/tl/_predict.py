@@ -27,6 +27,7 @@ def predict(
     crop_size: float | None = None,
     device: str | None = None,
     precision: str = "32",
+    test_time_augmentation: bool = False,
     show_progress_bar: bool = True,
     key_added: str = Key.prediction,
     copy: bool = False,
@@ -61,6 +62,10 @@ def predict(
         Torch device; default CUDA when available.
     precision
         ``'32'`` or ``'bf16'`` (bfloat16 autocast).
+    test_time_augmentation
+        Average the predictions over the 8 rotations by multiples of 90 degrees and mirrors of every patch (a
+        tissue section has no orientation). Eight times the work; on held-out her2st sections it raised the
+        mean Pearson r of the ``'fast'`` preset by 0.010-0.014 (see :doc:`/model`).
     show_progress_bar
         Show progress bars.
     key_added
@@ -102,6 +107,7 @@ def predict(
         crop_size=crop_size,
         device=device,
         precision=precision,
+        test_time_augmentation=test_time_augmentation,
         show_progress_bar=show_progress_bar,
     )
     from st_hist2st import __version__
@@ -114,6 +120,7 @@ def predict(
         "preset": model.preset,
         "architecture": model.architecture.to_dict(),
         "precision": precision,
+        "test_time_augmentation": test_time_augmentation,
         "target": "log10(1 + 1e4 * counts / sum(counts over the model's genes))",
         "package_version": __version__,
     }
