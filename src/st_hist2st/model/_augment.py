@@ -13,8 +13,10 @@ def dihedral(x: torch.Tensor, symmetry: int) -> torch.Tensor:
     """Patches ``x`` ``(..., H, W)`` under symmetry ``0 <= symmetry < 8`` of the square.
 
     A rotation by ``symmetry % 4`` times 90 degrees, then a mirror if ``symmetry >= 4``; any dtype, exact
-    pixel values. Symmetry 0 is the identity.
+    pixel values. Symmetry 0 is the identity and returns ``x`` itself.
     """
+    if symmetry == 0:
+        return x  # no copy on the plain prediction path
     if x.shape[-1] != x.shape[-2]:
         raise ValueError(f"Patches must be square to rotate them by 90 degrees, got {tuple(x.shape[-2:])}.")
     y = torch.rot90(x, symmetry % 4, dims=(-2, -1))
