@@ -15,18 +15,16 @@ def dihedral(x: torch.Tensor, symmetry: int) -> torch.Tensor:
     A rotation by ``symmetry % 4`` times 90 degrees, then a mirror if ``symmetry >= 4``; any dtype, exact
     pixel values. Symmetry 0 is the identity and returns ``x`` itself.
     """
-    if symmetry == 0:
-        return x  # no copy on the plain prediction path
     if x.shape[-1] != x.shape[-2]:
         raise ValueError(f"Patches must be square to rotate them by 90 degrees, got {tuple(x.shape[-2:])}.")
+    if symmetry == 0:
+        return x  # no copy on the plain prediction path
     y = torch.rot90(x, symmetry % 4, dims=(-2, -1))
     return y.flip(-1) if symmetry >= 4 else y
 
 
 def random_dihedral(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Each patch of ``x`` ``(N, C, H, W)`` under a random one of the 8 symmetries of the square (:func:`dihedral`)."""
-    if x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"Patches must be square to rotate them by 90 degrees, got {tuple(x.shape[-2:])}.")
     draw = torch.randint(8, (x.shape[0],), generator=generator).to(x.device)
     out = torch.empty_like(x)
     for symmetry in range(8):
