@@ -64,8 +64,8 @@ def predict(
         ``'32'`` or ``'bf16'`` (bfloat16 autocast).
     test_time_augmentation
         Average the predictions over the 8 rotations by multiples of 90 degrees and mirrors of every patch (a
-        tissue section has no orientation). Eight times the work; on held-out her2st sections it raised the
-        mean Pearson r of the ``'fast'`` preset by 0.010-0.014 (see :doc:`/model`).
+        tissue section has no orientation). Eight times the work; on the four held-out her2st sections it raised
+        the mean Pearson r of the ``'fast'`` preset by 0.003-0.014 (see :doc:`/model`).
     show_progress_bar
         Show progress bars.
     key_added
