@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -61,6 +63,38 @@ def test_banded_reading_equals_one_window(rng):
     a, _ = crop_patches(source, coords, 16, patch_size=16, band_rows=7)
     b, _ = crop_patches(source, coords, 16, patch_size=16, band_rows=10_000)
     np.testing.assert_array_equal(a, b)
+
+
+def _resident_file_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads resident memory from /proc (Linux)")
+def test_memory_mapped_image_pages_are_let_go_after_cropping(rng, tmp_path):
+    img = rng.integers(0, 255, size=(2000, 4000, 3), dtype=np.uint8)  # 24 MB
+    np.save(tmp_path / "img.npy", img)
+    mapped = np.load(tmp_path / "img.npy", mmap_mode="r")
+    coords = rng.uniform(0, 2000, size=(200, 2)) * [2, 1]
+    expected, _ = crop_patches(ImageSource(img, (1.0, 1.0)), coords, 16, patch_size=16)
+    source = ImageSource(mapped, (1.0, 1.0))
+    before = _resident_file_bytes()
+    np.asarray(mapped).sum()  # every page of the file mapped in
+    assert _resident_file_bytes() - before > 0.8 * img.nbytes
+    patches, _ = crop_patches(source, coords, 16, patch_size=16, band_rows=500)
+    np.testing.assert_array_equal(patches, expected)
+    assert _resident_file_bytes() - before < 0.2 * img.nbytes
+
+
+def test_copy_on_write_images_keep_their_changes(tmp_path):
+    np.save(tmp_path / "img.npy", np.zeros((64, 64, 3), dtype=np.uint8))
+    image = np.load(tmp_path / "img.npy", mmap_mode="c")
+    image[:] = 7  # exists only in this process's copy of the pages
+    patches, _ = crop_patches(ImageSource(image, (1.0, 1.0)), np.array([[32.0, 32.0]]), 16, patch_size=16)
+    assert (patches == 7).all()
+    assert (image == 7).all()
 
 
 def test_three_image_sources_give_identical_patches(adata):

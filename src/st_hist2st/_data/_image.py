@@ -6,6 +6,7 @@ Every source is turned into an :class:`ImageSource`: an ``(height, width, channe
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,23 @@ class ImageSource:
         """Read the window ``[row0, row1) x [col0, col1)`` (inside the image) as a uint8 RGB array."""
         window = np.asarray(self.array[row0:row1, col0:col1])
         return as_rgb_uint8(window, name=self.name)
+
+    def release_pages(self) -> None:
+        """Drop the pages read so far from this process when the image is a read-only memory map.
+
+        Pages of a file mapped with ``np.load(..., mmap_mode='r')`` count towards the process's resident memory
+        until they are unmapped, although the file holds them; they stay in the operating system's page cache,
+        and a later read maps them again. Other arrays are left alone (a copy-on-write map may hold changes that
+        exist nowhere else).
+        """
+        array = self.array
+        if not isinstance(array, np.memmap) or array.mode != "r" or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        base = array
+        while base is not None and not isinstance(base, mmap.mmap):
+            base = getattr(base, "base", None)
+        if base is not None:
+            base.madvise(mmap.MADV_DONTNEED)
 
 
 def as_rgb_uint8(window: np.ndarray, *, name: str = "image") -> np.ndarray:

@@ -86,6 +86,8 @@ def crop_patches(
             crops[k, ya - cy : yb - cy, xa - cx : xb - cx] = band[ya - r0 : yb - r0, xa - c0 : xb - c0]
             padded[group[k]] = 1.0 - max(yb - ya, 0) * max(xb - xa, 0) / (side_x * side_y)
         patches[group] = resize_patches(crops, patch_size)
+        del band
+        source.release_pages()
     return patches, padded
 
 
