@@ -151,6 +151,12 @@ def test_ddp_on_two_cpu_processes(adata, tiny):
         **tiny,
     )
     assert model.is_trained and len(model.history) == 1
+    untrained = hist2st.Hist2ST(model.genes, n_pos=model.architecture.n_pos, **tiny)
+    changed = [
+        not torch.equal(a, b)
+        for a, b in zip(model.module.state_dict().values(), untrained.module.state_dict().values(), strict=True)
+    ]
+    assert any(changed), "the trained weights did not come back from the spawned processes"
     assert np.isfinite(model.predict(adata, show_progress_bar=False)).all()
 
 
@@ -245,6 +251,36 @@ def test_ema_decay_returns_the_moving_average_of_the_weights(adata, tiny):
     assert any(not torch.allclose(returned[k], last[k]) for k in last)
     for name, value in average.items():
         torch.testing.assert_close(returned[name].detach(), value, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_trains_the_models_own_weights_and_lets_go_of_gradients(adata, tiny):
+    import lightning as L
+
+    class GradientsAtStepStart(L.Callback):
+        def __init__(self):
+            self.held = []
+
+        def on_train_batch_start(self, trainer, plan, batch, batch_idx):
+            self.held.append(sum(p.grad is not None for p in plan.parameters()))
+
+    model = hist2st.Hist2ST(list(adata.var_names), n_pos=64, gradient_checkpointing=True, **tiny)
+    weights = model.module.gene_head.linear.weight
+    before = weights.detach().clone()
+    spy = GradientsAtStepStart()
+    model.fit(adata, "hires", max_epochs=2, show_progress_bar=False, trainer_kwargs={"callbacks": [spy]})
+    assert model.module.gene_head.linear.weight is weights  # trained in place, no second copy of the network
+    assert not torch.equal(weights, before)
+    assert len(spy.held) == 4 and spy.held == [0, 0, 0, 0]  # dropped right after each step, not at the next one
+    assert all(p.grad is None for p in model.module.parameters())
+    assert not model.module.gradient_checkpointing
+
+
+def test_plan_refuses_a_network_of_another_architecture(tiny):
+    from st_hist2st.model import Architecture, Hist2STModule, Hist2STPlan, Training
+
+    net = Hist2STModule(Architecture(n_genes=5, **tiny))
+    with pytest.raises(ValueError, match="`net` was built with"):
+        Hist2STPlan({**tiny, "n_genes": 6}, Training().to_dict(), net=net)
 
 
 def test_ema_decay_out_of_range_is_refused(adata, tiny):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import tempfile
@@ -179,8 +180,8 @@ class Hist2ST:
         with tempfile.TemporaryDirectory(prefix="hist2st-") as tmp, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             history_path = str(Path(tmp) / "history.json")
-            plan = Hist2STPlan(self.architecture.to_dict(), self.training.to_dict(), history_path)
-            plan.net.load_state_dict(self.module.state_dict())
+            # trains self.module in place: a second copy of the weights would cost 0.3 GB at the paper's size
+            plan = Hist2STPlan(self.architecture.to_dict(), self.training.to_dict(), history_path, net=self.module)
             if not self.is_trained:
                 plan.set_gene_statistics(*target_statistics(train))
             kwargs = {
@@ -209,7 +210,11 @@ class Hist2ST:
                 warnings.filterwarnings("ignore", ".*defined a `validation_step` but have no `val_dataloader`.*")
                 trainer.fit(plan, loader, val_loader)
             history = json.loads(Path(history_path).read_text()) if Path(history_path).exists() else plan.history
-        self.module.load_state_dict(plan.net.state_dict())
+        # the optimiser's state (twice the weights) and the gradients go now, not at some later collection
+        del trainer, plan
+        gc.collect()
+        self.module.zero_grad(set_to_none=True)
+        self.module.gradient_checkpointing = False
         self.module.cpu()
         previous = self.history
         self.history = pd.concat([previous, pd.DataFrame(history)], ignore_index=True)
