@@ -120,7 +120,7 @@ class GraphJumpingKnowledge(nn.Module):
         self.layers = nn.ModuleList([GraphSAGE(dim, dim, policy) for _ in range(depth)])
         self.lstm = nn.LSTM(dim, dim, lstm_layers)
         #: With gradient checkpointing, rows of the jumping-knowledge LSTM recomputed together.
-        self.lstm_chunk = 4096
+        self.lstm_chunk = 256
         self.gradient_checkpointing = False
 
     def reset_parameters(self) -> None:
