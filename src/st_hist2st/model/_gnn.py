@@ -134,12 +134,13 @@ class GraphJumpingKnowledge(nn.Module):
         graph = edge_index
         if all(layer.policy == "mean" for layer in self.layers) and not edge_index.is_sparse_csr:
             graph = mean_adjacency(edge_index, n)
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
         outputs = []
         for layer in self.layers:
-            x = layer(x, graph)
+            x = checkpoint(layer, x, graph, use_reentrant=False) if recompute else layer(x, graph)
             outputs.append(x.reshape(b * n, d))
         seq = torch.stack(outputs)
-        if self.gradient_checkpointing and torch.is_grad_enabled():
+        if recompute:
             # rows are independent sequences: recompute the LSTM a chunk of rows at a time in the backward pass
             parts = [
                 checkpoint(lstm_mean, self.lstm, part, use_reentrant=False) for part in seq.split(self.lstm_chunk, 1)

@@ -169,7 +169,7 @@ class Hist2STModule(nn.Module):
 
     @property
     def gradient_checkpointing(self) -> bool:
-        """Recompute the encoder, the Transformer blocks and the jumping-knowledge LSTM in the backward pass."""
+        """Recompute the encoder, the Transformer blocks and the GNN (with its LSTM) in the backward pass."""
         return self.transformer.gradient_checkpointing
 
     @gradient_checkpointing.setter
