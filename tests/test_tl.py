@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from anndata import AnnData
@@ -273,6 +274,32 @@ def test_fit_trains_the_models_own_weights_and_lets_go_of_gradients(adata, tiny)
     assert len(spy.held) == 4 and spy.held == [0, 0, 0, 0]  # dropped right after each step, not at the next one
     assert all(p.grad is None for p in model.module.parameters())
     assert not model.module.gradient_checkpointing
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_step_in_backward_trains_exactly_as_a_step_after_backward(adata, tiny, precision):
+    tiny.update(gradient_clip=None, max_epochs=3, gradient_checkpointing=True, seed=3)  # cosine with warm-up
+    models = [
+        hist2st.Hist2ST(list(adata.var_names), preset="fast", n_pos=64, step_in_backward=flag, **tiny).fit(
+            adata, "hires", precision=precision, show_progress_bar=False
+        )
+        for flag in (False, True)
+    ]
+    # the rate each epoch trained with: warm-up over 5 epochs from 1e-4 / 6
+    np.testing.assert_allclose(models[0].history["lr"], [1e-4 / 6, 2e-4 / 6, 3e-4 / 6])
+    pd.testing.assert_frame_equal(models[0].history, models[1].history, check_exact=False, rtol=1e-5)
+    for a, b in zip(models[0].module.state_dict().values(), models[1].module.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all(p.grad is None and not p._post_accumulate_grad_hooks for p in models[1].module.parameters())
+
+
+def test_step_in_backward_refuses_clipping_and_several_processes(adata, tiny):
+    with pytest.raises(ValueError, match="pass `gradient_clip=None`"):
+        hist2st.Hist2ST(list(adata.var_names), preset="fast", step_in_backward=True, **tiny)
+    model = hist2st.Hist2ST(list(adata.var_names), n_pos=64, step_in_backward=True, **tiny)
+    with pytest.raises(ValueError, match="one process only"):
+        model.fit(adata, "hires", accelerator="cpu", devices=2, strategy="ddp_spawn", show_progress_bar=False)
+    assert not model.is_trained
 
 
 def test_plan_refuses_a_network_of_another_architecture(tiny):

@@ -23,7 +23,7 @@ from st_hist2st._data._section import Section, prepare_sections
 from st_hist2st._utils import check_adata, check_libraries, get_libraries
 from st_hist2st.model._augment import dihedral
 from st_hist2st.model._module import Architecture, Hist2STModule
-from st_hist2st.model._plan import Hist2STPlan
+from st_hist2st.model._plan import Hist2STPlan, check_step_in_backward
 from st_hist2st.model._training import Training
 from st_hist2st.model._training import preset as get_preset
 
@@ -146,44 +146,9 @@ class Hist2ST:
         train_libs = [lib for lib in all_libs if lib not in val_libs]
         if not train_libs:
             raise ValueError("Every library is in `validation_libraries`; leave at least one for training.")
-        common = {
-            "genes": self.genes,
-            "library_key": library_key,
-            "layer": layer,
-            "spatial_key": spatial_key,
-            "connectivity_key": connectivity_key,
-            "layout": layout,
-            "image": image,
-            "crop_size": crop_size,
-            "n_pos": self.architecture.n_pos,
-            "show_progress_bar": show_progress_bar,
-        }
-        train = prepare_sections(adata, image_key, libraries=train_libs, **common)
-        val = prepare_sections(adata, image_key, libraries=val_libs, **common) if val_libs else []
-        self.preprocessing = {
-            "image_key": image_key,
-            "crop_size": None if crop_size is None else float(crop_size),
-            "layer": layer,
-            "library_key": library_key,
-            "spatial_key": spatial_key,
-            "connectivity_key": connectivity_key,
-            "layout": layout,
-            "train_libraries": train_libs,
-            "validation_libraries": val_libs,
-        }
-        loader = torch.utils.data.DataLoader(
-            SectionDataset(train, self.training.crops_per_section), batch_size=None, shuffle=True, collate_fn=_identity
-        )
-        val_loader = (
-            torch.utils.data.DataLoader(SectionDataset(val), batch_size=None, collate_fn=_identity) if val else None
-        )
         with tempfile.TemporaryDirectory(prefix="hist2st-") as tmp, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             history_path = str(Path(tmp) / "history.json")
-            # trains self.module in place: a second copy of the weights would cost 0.3 GB at the paper's size
-            plan = Hist2STPlan(self.architecture.to_dict(), self.training.to_dict(), history_path, net=self.module)
-            if not self.is_trained:
-                plan.set_gene_statistics(*target_statistics(train))
             kwargs = {
                 "max_epochs": self.training.max_epochs,
                 "accelerator": accelerator,
@@ -204,11 +169,54 @@ class Hist2ST:
             kwargs["callbacks"] = self._callbacks() + list(extra.pop("callbacks", None) or [])
             kwargs.update(extra)
             trainer = L.Trainer(**kwargs)
+            if self.training.step_in_backward:
+                check_step_in_backward(trainer.world_size)  # before the patches are cut
+            common = {
+                "genes": self.genes,
+                "library_key": library_key,
+                "layer": layer,
+                "spatial_key": spatial_key,
+                "connectivity_key": connectivity_key,
+                "layout": layout,
+                "image": image,
+                "crop_size": crop_size,
+                "n_pos": self.architecture.n_pos,
+                "show_progress_bar": show_progress_bar,
+            }
+            train = prepare_sections(adata, image_key, libraries=train_libs, **common)
+            val = prepare_sections(adata, image_key, libraries=val_libs, **common) if val_libs else []
+            self.preprocessing = {
+                "image_key": image_key,
+                "crop_size": None if crop_size is None else float(crop_size),
+                "layer": layer,
+                "library_key": library_key,
+                "spatial_key": spatial_key,
+                "connectivity_key": connectivity_key,
+                "layout": layout,
+                "train_libraries": train_libs,
+                "validation_libraries": val_libs,
+            }
+            loader = torch.utils.data.DataLoader(
+                SectionDataset(train, self.training.crops_per_section),
+                batch_size=None,
+                shuffle=True,
+                collate_fn=_identity,
+            )
+            val_loader = (
+                torch.utils.data.DataLoader(SectionDataset(val), batch_size=None, collate_fn=_identity) if val else None
+            )
+            # trains self.module in place: a second copy of the weights would cost 0.3 GB at the paper's size
+            plan = Hist2STPlan(self.architecture.to_dict(), self.training.to_dict(), history_path, net=self.module)
+            if not self.is_trained:
+                plan.set_gene_statistics(*target_statistics(train))
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", ".*does not have many workers.*")
                 warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
                 warnings.filterwarnings("ignore", ".*defined a `validation_step` but have no `val_dataloader`.*")
-                trainer.fit(plan, loader, val_loader)
+                try:
+                    trainer.fit(plan, loader, val_loader)
+                finally:
+                    plan.remove_step_hooks()
             history = json.loads(Path(history_path).read_text()) if Path(history_path).exists() else plan.history
         # the optimiser's state (twice the weights) and the gradients go now, not at some later collection
         del trainer, plan

@@ -39,6 +39,15 @@ def pearson_per_gene(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(denom > 0, r, torch.full_like(r, float("nan")))
 
 
+def check_step_in_backward(world_size: int) -> None:
+    """Refuse ``step_in_backward=True`` with more than one process."""
+    if world_size > 1:
+        raise ValueError(
+            f"`step_in_backward=True` trains in one process only ({world_size} here): data-parallel training "
+            "averages the gradients once all of them are complete. Leave it off with several devices."
+        )
+
+
 class Hist2STPlan(L.LightningModule):
     """Lightning training plan: one section per step, losses of the paper, validation Pearson r per section.
 
@@ -79,6 +88,9 @@ class Hist2STPlan(L.LightningModule):
         self._val_r: list[float] = []
         self._val_mse: list[float] = []
         self.register_buffer("gene_weights", None, persistent=False)
+        # with step_in_backward the optimiser runs from hooks on the weights, not from Lightning's loop
+        self.automatic_optimization = not self.settings.step_in_backward
+        self._step_hooks: list = []
 
     def set_gene_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
         """Use the training targets' per-gene ``mean`` and ``var`` as the settings say (output bias, gene weights)."""
@@ -131,7 +143,36 @@ class Hist2STPlan(L.LightningModule):
         for name, value in out.items():
             self._epoch_sums.setdefault(name, []).append(float(value.detach()))
         self.log("loss", out["loss"].detach(), prog_bar=True, batch_size=1)
-        return out["loss"]
+        if self.automatic_optimization:
+            return out["loss"]
+        # Lightning runs training_step under the precision's autocast; a backward pass belongs outside it
+        with torch.autocast(self.device.type, enabled=False):
+            self.manual_backward(out["loss"])
+        # every weight was updated in the backward pass and its gradient dropped, so this step changes no weight;
+        # it advances Lightning's step count, which callbacks and `max_steps` read
+        self.optimizers().step()
+        return None
+
+    def on_train_start(self) -> None:
+        if not self.settings.step_in_backward:
+            return
+        check_step_in_backward(self.trainer.world_size)
+        optimizer = self.optimizers().optimizer
+
+        def step(param: torch.Tensor) -> None:
+            optimizer.step()  # only `param` holds a gradient now: Adam skips weights whose gradient is None
+            param.grad = None
+
+        self._step_hooks = [p.register_post_accumulate_grad_hook(step) for p in self.parameters() if p.requires_grad]
+
+    def on_train_end(self) -> None:
+        self.remove_step_hooks()
+
+    def remove_step_hooks(self) -> None:
+        """Take the hooks of ``step_in_backward`` off the weights (also after training failed)."""
+        for hook in self._step_hooks:
+            hook.remove()
+        self._step_hooks = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         pred = self.net(batch["patches"], batch["positions"], batch["edge_index"]).expression[0].float()
@@ -153,12 +194,18 @@ class Hist2STPlan(L.LightningModule):
         self.log("val_pearson", self._val_stats["val_pearson"], prog_bar=True, batch_size=1, rank_zero_only=True)
         self._val_r, self._val_mse = [], []
 
+    def on_train_epoch_start(self) -> None:
+        # read now: Lightning steps the schedule after the epoch's last batch, before on_train_epoch_end
+        self._epoch_lr = self.optimizers().param_groups[0]["lr"]
+
     def on_train_epoch_end(self) -> None:
-        row = {"epoch": self.current_epoch, "lr": self.optimizers().param_groups[0]["lr"]}
+        row = {"epoch": self.current_epoch, "lr": self._epoch_lr}
         row.update({f"train_{k}": self._gather_mean(v) for k, v in self._epoch_sums.items()})
         row.update(getattr(self, "_val_stats", {}))
         self._epoch_sums, self._val_stats = {}, {}
         self.history.append(row)
+        if not self.automatic_optimization:
+            self.lr_schedulers().step()
         if self.history_path is not None and self.global_rank == 0:
             Path(self.history_path).write_text(json.dumps(self.history))
 

@@ -56,10 +56,16 @@ class Training:
         returns them. Averaging smooths the step-to-step noise of training on a few sections. ``None`` keeps
         the last weights, as the paper.
     gradient_checkpointing
-        Recompute the patch encoder, the Transformer blocks and the jumping-knowledge LSTM in the backward
-        pass: about a third slower, but only their inputs are kept (sections of thousands of spots, or little
-        memory). The encoder then runs on chunks of patches, and its BatchNorm normalises each chunk by the
+        Recompute the patch encoder, the Transformer blocks, the GNN layers and the jumping-knowledge LSTM in
+        the backward pass: about a third slower, but only their inputs are kept (sections of thousands of
+        spots, or little memory). The encoder then runs on chunks of patches, and its BatchNorm normalises each chunk by the
         chunk's statistics rather than the section's.
+    step_in_backward
+        Update each weight with Adam as soon as its gradient is complete, during the backward pass, and drop
+        that gradient at once, so the gradients of the whole network (0.3 GB at the paper's size) are never
+        held together. The updates are the same as after a full backward pass. Needs ``gradient_clip=None``
+        (clipping needs the norm over all gradients first) and one process (data-parallel training averages
+        the gradients only once they are all complete).
     """
 
     learning_rate: float = 1e-5
@@ -81,6 +87,7 @@ class Training:
     standardize_genes: bool = False
     ema_decay: float | None = None
     gradient_checkpointing: bool = False
+    step_in_backward: bool = False
 
     def __post_init__(self) -> None:
         if self.schedule not in ("step", "cosine"):
@@ -97,6 +104,11 @@ class Training:
             raise ValueError(f"`ema_decay` must be in (0, 1) or None, got {self.ema_decay}.")
         if self.bake < 0:
             raise ValueError(f"`bake` must be non-negative, got {self.bake}.")
+        if self.step_in_backward and self.gradient_clip is not None:
+            raise ValueError(
+                f"`step_in_backward=True` updates each weight before the other gradients exist, so it cannot clip "
+                f"their norm (`gradient_clip={self.gradient_clip}`); pass `gradient_clip=None` as well."
+            )
 
     def to_dict(self) -> dict:
         """JSON-safe dictionary."""
