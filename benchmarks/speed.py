@@ -4,8 +4,10 @@ Prints, measured in this run: fp32 and bf16 matmul throughput; the FLOPs of a de
 (``torch.utils.flop_counter``); training-step times on real her2st sections (180 and 283 spots) in fp32 and
 with bf16 autocast, each also as a fraction of the matching peak; the self-distillation passes batched with
 the clean pass against one after the other; an epoch over the four shared sections; prediction throughput;
-peak RSS while training on the four shared sections (paper settings; with gradient checkpointing; and also
-with a fixed glibc mmap threshold); and a training step on a synthetic 5,000-spot Visium-like section.
+peak RSS while training on the four shared sections (paper settings; with gradient checkpointing; also with a
+fixed glibc mmap threshold; also with memory-mapped images; also with ``step_in_backward``; and with the
+``'fast'`` preset without gradient clipping, which ``step_in_backward`` needs); and a training step on a
+synthetic 5,000-spot Visium-like section.
 
     python benchmarks/speed.py            # everything
     python benchmarks/speed.py --only steps predict
@@ -165,6 +167,12 @@ RSS_VARIANTS = {
     "gradient_checkpointing=True": ({"gradient_checkpointing": True}, {}, False),
     "gradient_checkpointing=True, MALLOC_MMAP_THRESHOLD_=131072": ({"gradient_checkpointing": True}, MMAP, False),
     "the above, full-resolution images memory-mapped": ({"gradient_checkpointing": True}, MMAP, True),
+    "the above, step_in_backward=True": ({"gradient_checkpointing": True, "step_in_backward": True}, MMAP, True),
+    "the above, preset='fast' with gradient_clip=None": (
+        {"gradient_checkpointing": True, "step_in_backward": True, "preset": "fast", "gradient_clip": None},
+        MMAP,
+        True,
+    ),
 }
 
 
