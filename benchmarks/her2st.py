@@ -89,6 +89,13 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the order of sections")
     parser.add_argument("--set", nargs="*", default=[], help="model settings, e.g. learning_rate=3e-4 bake=1")
+    parser.add_argument(
+        "--models",
+        type=int,
+        default=1,
+        help="train this many models (seeds seed, seed+1, ...) within the budget and "
+        "also report the average of their predictions",
+    )
     parser.add_argument("--out", default=None, help="write the training history of each split as JSON here")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -105,34 +112,49 @@ def main() -> None:
     for test in args.test or sections:
         train = [s for s in sections if s != test]
         t0 = time.perf_counter()
-        model = hist2st.tl.fit(
-            adata,
-            "fullres",
-            genes=genes,
-            crop_size=args.crop_size,
-            validation_libraries=[test],
-            preset=args.preset,
-            max_epochs=args.epochs,
-            precision=args.precision,
-            seed=args.seed,
-            show_progress_bar=False,
-            trainer_kwargs={"max_time": {"minutes": args.minutes}, "callbacks": [PrintEpochs()]},
-            **settings,
-        )
+        models = []
+        for k in range(args.models):
+            left = args.minutes - (time.perf_counter() - t0) / 60
+            models.append(
+                hist2st.tl.fit(
+                    adata,
+                    "fullres",
+                    genes=genes,
+                    crop_size=args.crop_size,
+                    validation_libraries=[test],
+                    preset=args.preset,
+                    max_epochs=args.epochs,
+                    precision=args.precision,
+                    seed=args.seed + k,
+                    show_progress_bar=False,
+                    trainer_kwargs={"max_time": {"minutes": left / (args.models - k)}, "callbacks": [PrintEpochs()]},
+                    **settings,
+                )
+            )
         minutes = (time.perf_counter() - t0) / 60
         held = adata[adata.obs["library_id"] == test].copy()
-        hist2st.tl.predict(held, model, show_progress_bar=False)
-        r = mean_r(held.layers["hist2st"][:, held.var_names.get_indexer(genes)], targets(held, genes))
-        best = model.history["val_pearson"].max() if "val_pearson" in model.history else float("nan")
+        observed = targets(held, genes)
+        columns = held.var_names.get_indexer(genes)
         base = ridge_baseline(adata, genes, train, test, args.crop_size)
-        print(
-            f"test {test}: Hist2ST mean r = {r:.4f} after {len(model.history)} epochs in {minutes:.1f} min "
-            f"(best epoch {best:.4f}); ridge on colour features {base:.4f}",
-            flush=True,
-        )
+        print(f"test {test}: ridge on colour features {base:.4f}; {len(models)} model(s) in {minutes:.1f} min")
+        for tta in (False, True):
+            views = "8 views" if tta else "plain"
+            for k, model in enumerate(models):
+                hist2st.tl.predict(held, model, test_time_augmentation=tta, show_progress_bar=False)
+                r = mean_r(held.layers["hist2st"][:, columns], observed)
+                print(
+                    f"test {test}: Hist2ST seed {args.seed + k}, {views}: mean r = {r:.4f} after "
+                    f"{len(model.history)} epochs",
+                    flush=True,
+                )
+            if len(models) > 1:
+                hist2st.tl.predict(held, models, test_time_augmentation=tta, show_progress_bar=False)
+                r = mean_r(held.layers["hist2st"][:, columns], observed)
+                print(f"test {test}: Hist2ST average of {len(models)} models, {views}: mean r = {r:.4f}", flush=True)
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)
-            model.history.to_json(Path(args.out) / f"history_{test}.json", orient="records")
+            for k, model in enumerate(models):
+                model.history.to_json(Path(args.out) / f"history_{test}_seed{args.seed + k}.json", orient="records")
 
 
 if __name__ == "__main__":

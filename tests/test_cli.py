@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import anndata as ad
+import numpy as np
 
 import st_hist2st as hist2st
 from st_hist2st._cli import main
@@ -26,6 +27,8 @@ def test_fit_and_predict_on_h5ad(adata, tmp_path, tiny):
                 "1",
                 "--accelerator",
                 "cpu",
+                "--seed",
+                "1",
             ]
         )
         == 0
@@ -35,3 +38,8 @@ def test_fit_and_predict_on_h5ad(adata, tmp_path, tiny):
     assert main(["predict", str(path), "--model", str(tmp_path / "m"), "--output", str(tmp_path / "out.h5ad")]) == 0
     out = ad.read_h5ad(tmp_path / "out.h5ad")
     assert out.layers["hist2st"].shape == adata.shape
+    m = str(tmp_path / "m")
+    assert main(["predict", str(path), "--model", m, m, "--output", str(tmp_path / "twice.h5ad")]) == 0
+    twice = ad.read_h5ad(tmp_path / "twice.h5ad")
+    assert twice.uns["hist2st"]["n_models"] == 2
+    np.testing.assert_allclose(twice.layers["hist2st"], out.layers["hist2st"], rtol=1e-6, equal_nan=True)

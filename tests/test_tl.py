@@ -96,6 +96,25 @@ def test_test_time_augmentation_averages_over_all_eight_views(trained, adata):
     assert not np.allclose(out.layers["hist2st"], plain.layers["hist2st"])
 
 
+def test_several_models_give_the_average_of_their_predictions(trained, adata, tiny, tmp_path):
+    other = hist2st.tl.fit(adata, "hires", max_epochs=1, seed=1, show_progress_bar=False, **tiny)
+    trained.save(tmp_path / "model")
+    ensemble = hist2st.tl.predict(adata, [tmp_path / "model", other], show_progress_bar=False, copy=True)
+    expected = (trained.predict(adata, show_progress_bar=False) + other.predict(adata, show_progress_bar=False)) / 2
+    np.testing.assert_allclose(ensemble.layers["hist2st"], expected, rtol=1e-6)
+    assert ensemble.uns["hist2st"]["n_models"] == 2
+    ensemble.write_h5ad(tmp_path / "ensemble.h5ad")  # what it records can be written
+    deeper = hist2st.tl.fit(adata, "hires", max_epochs=1, show_progress_bar=False, **{**tiny, "depth2": 2})
+    mixed = hist2st.tl.predict(adata, [trained, deeper], show_progress_bar=False, copy=True)
+    assert [a["depth2"] for a in mixed.uns["hist2st"]["architecture"].values()] == [1, 2]
+    mixed.write_h5ad(tmp_path / "mixed.h5ad")
+    fewer = hist2st.tl.fit(adata[:, :5].copy(), "hires", max_epochs=1, show_progress_bar=False, **tiny)
+    with pytest.raises(ValueError, match=r"`model\[1\]` predicts other genes"):
+        hist2st.tl.predict(adata, [trained, fewer], show_progress_bar=False)
+    with pytest.raises(ValueError, match="empty sequence"):
+        hist2st.tl.predict(adata, [], show_progress_bar=False)
+
+
 def test_same_seed_same_predictions(adata, tiny):
     kwargs = {"max_epochs": 1, "show_progress_bar": False, "accelerator": "cpu", "seed": 3, **tiny}
     a = hist2st.tl.fit(adata, "hires", **kwargs).predict(adata, show_progress_bar=False)

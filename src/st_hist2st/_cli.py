@@ -100,6 +100,7 @@ def fit(args: argparse.Namespace) -> int:
         preset=args.preset,
         max_epochs=args.epochs,
         validation_libraries=args.validation,
+        seed=args.seed,
         accelerator=args.accelerator,
         devices=args.devices,
         precision=args.precision,
@@ -114,12 +115,14 @@ def predict(args: argparse.Namespace) -> int:
     import st_hist2st as hist2st
 
     adata, image = _read(args.input, args.table)
+    models = args.model if len(args.model) > 1 else args.model[0]
     result = hist2st.tl.predict(
-        adata, args.model, args.image_key, image=image, test_time_augmentation=args.test_time_augmentation, copy=True
+        adata, models, args.image_key, image=image, test_time_augmentation=args.test_time_augmentation, copy=True
     )
     result = adata if result is None else result
     result.write_h5ad(args.output)
-    print(f"wrote predictions to {args.output} (layers['hist2st'])")
+    averaged = f", the average of {len(args.model)} models" if len(args.model) > 1 else ""
+    print(f"wrote predictions to {args.output} (layers['hist2st']{averaged})")
     return 0
 
 
@@ -152,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("input", help=".h5ad file or SpatialData .zarr store")
         p.add_argument("--table", default="table", help="table of a SpatialData store")
         p.add_argument("--image-key", required=name == "fit", default=None)
-        p.add_argument("--model", required=True, help="model folder")
         if name == "fit":
+            p.add_argument("--model", required=True, help="model folder to write")
+            p.add_argument("--seed", type=int, default=0, help="seed of the weights, augmentations and order")
             p.add_argument("--genes", help="file with one gene per line")
             p.add_argument("--crop-size", type=float)
             p.add_argument("--preset", default="paper")
@@ -164,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--precision", default="32-true")
             p.add_argument("--overwrite", action="store_true")
         else:
+            p.add_argument("--model", required=True, nargs="+", help="model folder; several are averaged")
             p.add_argument("--output", required=True, help=".h5ad file to write")
             p.add_argument(
                 "--test-time-augmentation", action="store_true", help="average over the 8 rotations and mirrors"

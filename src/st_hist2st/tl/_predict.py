@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 def predict(
     adata: AnnData,
-    model: Hist2ST | str | Path,
+    model: Hist2ST | str | Path | Sequence[Hist2ST | str | Path],
     image_key: str | None = None,
     *,
     library_key: str | None = Key.library,
@@ -45,7 +46,10 @@ def predict(
         (``adata.n_vars == 0``, an H&E-only slide) a new AnnData is
         returned.
     model
-        A trained :class:`~st_hist2st.Hist2ST` or the folder it was saved in.
+        A trained :class:`~st_hist2st.Hist2ST` or the folder it was saved in; or several, for the average of
+        their predictions (an ensemble, e.g. of models trained with different ``seed``; they must predict the
+        same genes in the same order). Each model crops with its own training settings unless ``image_key``
+        or ``crop_size`` is given.
     image_key
         Image to crop from; default the key the model was trained with.
     library_key
@@ -84,8 +88,18 @@ def predict(
     ``layers[key_added]``, and ``obs``, ``obsm`` and ``uns['spatial']`` of ``adata``.
     """
     check_adata(adata)
-    model = resolve_model(model)
-    model._check_trained()
+    models = [resolve_model(m) for m in (model if isinstance(model, list | tuple) else [model])]
+    if not models:
+        raise ValueError("`model` is an empty sequence; pass a trained model, or several to average.")
+    for m in models:
+        m._check_trained()
+    model = models[0]
+    for i, other in enumerate(models[1:], start=1):
+        if list(other.genes) != list(model.genes):
+            raise ValueError(
+                f"`model[{i}]` predicts other genes than `model[0]` ({len(other.genes)} against "
+                f"{len(model.genes)}, or in another order); models averaged must predict the same genes."
+            )
     he_only = adata.n_vars == 0
     if not he_only:
         missing = [g for g in model.genes if g not in adata.var_names]
@@ -97,19 +111,23 @@ def predict(
             )
         if not copy:
             check_not_view(adata)
-    pred = model.predict(
-        adata,
-        image_key,
-        library_key=library_key,
-        spatial_key=spatial_key,
-        connectivity_key=connectivity_key,
-        image=image,
-        crop_size=crop_size,
-        device=device,
-        precision=precision,
-        test_time_augmentation=test_time_augmentation,
-        show_progress_bar=show_progress_bar,
-    )
+    pred = None
+    for m in models:
+        one = m.predict(
+            adata,
+            image_key,
+            library_key=library_key,
+            spatial_key=spatial_key,
+            connectivity_key=connectivity_key,
+            image=image,
+            crop_size=crop_size,
+            device=device,
+            precision=precision,
+            test_time_augmentation=test_time_augmentation,
+            show_progress_bar=show_progress_bar,
+        )
+        pred = one if pred is None else pred + one
+    pred /= len(models)
     from st_hist2st import __version__
 
     info = {
@@ -117,8 +135,8 @@ def predict(
         "image_key": image_key or model.preprocessing.get("image_key"),
         "crop_size": crop_size if crop_size is not None else model.preprocessing.get("crop_size"),
         "libraries": [str(x) for x in get_libraries(adata, library_key).cat.categories],
-        "preset": model.preset,
-        "architecture": model.architecture.to_dict(),
+        **_settings(models),
+        "n_models": len(models),
         "precision": precision,
         "test_time_augmentation": test_time_augmentation,
         "target": "log10(1 + 1e4 * counts / sum(counts over the model's genes))",
@@ -145,3 +163,12 @@ def predict(
     adata.uns[key_added] = info
     logger.info("added `adata.layers[%r]` and `adata.uns[%r]`", key_added, key_added)
     return adata if copy else None
+
+
+def _settings(models: list[Hist2ST]) -> dict[str, Any]:
+    """Preset and architecture for ``uns``: once when the models share them, else one entry per model."""
+    presets = [m.preset for m in models]
+    architectures = [m.architecture.to_dict() for m in models]
+    if all(a == architectures[0] for a in architectures) and len(set(presets)) == 1:
+        return {"preset": presets[0], "architecture": architectures[0]}
+    return {"preset": presets, "architecture": {f"model_{i}": a for i, a in enumerate(architectures)}}
