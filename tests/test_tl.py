@@ -318,6 +318,14 @@ def test_step_in_backward_refuses_clipping_and_several_processes(adata, tiny):
     model = hist2st.Hist2ST(list(adata.var_names), n_pos=64, step_in_backward=True, **tiny)
     with pytest.raises(ValueError, match="one process only"):
         model.fit(adata, "hires", accelerator="cpu", devices=2, strategy="ddp_spawn", show_progress_bar=False)
+    # Lightning turns '16-mixed' into 'bf16-mixed' on a CPU, so the fp16 case is checked on a trainer's attributes
+    from types import SimpleNamespace
+
+    from st_hist2st.model._plan import check_step_in_backward
+
+    with pytest.raises(ValueError, match="cannot unscale fp16"):
+        check_step_in_backward(SimpleNamespace(world_size=1, precision="16-mixed"))
+    check_step_in_backward(SimpleNamespace(world_size=1, precision="bf16-mixed"))
     assert not model.is_trained
 
 

@@ -170,7 +170,7 @@ class Hist2ST:
             kwargs.update(extra)
             trainer = L.Trainer(**kwargs)
             if self.training.step_in_backward:
-                check_step_in_backward(trainer.world_size)  # before the patches are cut
+                check_step_in_backward(trainer)  # before the patches are cut
             common = {
                 "genes": self.genes,
                 "library_key": library_key,

@@ -39,12 +39,17 @@ def pearson_per_gene(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(denom > 0, r, torch.full_like(r, float("nan")))
 
 
-def check_step_in_backward(world_size: int) -> None:
-    """Refuse ``step_in_backward=True`` with more than one process."""
-    if world_size > 1:
+def check_step_in_backward(trainer: L.Trainer) -> None:
+    """Refuse ``step_in_backward=True`` with several processes or with a gradient scaler (fp16)."""
+    if trainer.world_size > 1:
         raise ValueError(
-            f"`step_in_backward=True` trains in one process only ({world_size} here): data-parallel training "
-            "averages the gradients once all of them are complete. Leave it off with several devices."
+            f"`step_in_backward=True` trains in one process only ({trainer.world_size} here): data-parallel "
+            "training averages the gradients once all of them are complete. Leave it off with several devices."
+        )
+    if str(trainer.precision).startswith("16"):
+        raise ValueError(
+            f"`step_in_backward=True` cannot unscale fp16 gradients (`precision={trainer.precision!r}`); use "
+            "'bf16-mixed' or '32-true'."
         )
 
 
@@ -156,7 +161,7 @@ class Hist2STPlan(L.LightningModule):
     def on_train_start(self) -> None:
         if not self.settings.step_in_backward:
             return
-        check_step_in_backward(self.trainer.world_size)
+        check_step_in_backward(self.trainer)
         optimizer = self.optimizers().optimizer
 
         def step(param: torch.Tensor) -> None:
@@ -209,11 +214,11 @@ class Hist2STPlan(L.LightningModule):
         if self.history_path is not None and self.global_rank == 0:
             Path(self.history_path).write_text(json.dumps(self.history))
 
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         # Lightning drops the gradients only before the next backward pass; dropping them now keeps them out of
         # the next forward pass's peak memory (0.3 GB at the paper's size)
-        self.optimizers().optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
 
     def configure_optimizers(self):
         cfg = self.settings

@@ -64,8 +64,8 @@ class Training:
         Update each weight with Adam as soon as its gradient is complete, during the backward pass, and drop
         that gradient at once, so the gradients of the whole network (0.3 GB at the paper's size) are never
         held together. The updates are the same as after a full backward pass. Needs ``gradient_clip=None``
-        (clipping needs the norm over all gradients first) and one process (data-parallel training averages
-        the gradients only once they are all complete).
+        (clipping needs the norm over all gradients first), one process (data-parallel training averages
+        the gradients only once they are all complete) and no fp16 gradient scaling (bf16 is fine).
     """
 
     learning_rate: float = 1e-5
