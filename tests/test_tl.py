@@ -104,9 +104,14 @@ def test_several_models_give_the_average_of_their_predictions(trained, adata, ti
     np.testing.assert_allclose(ensemble.layers["hist2st"], expected, rtol=1e-6)
     assert ensemble.uns["hist2st"]["n_models"] == 2
     ensemble.write_h5ad(tmp_path / "ensemble.h5ad")  # what it records can be written
-    deeper = hist2st.tl.fit(adata, "hires", max_epochs=1, show_progress_bar=False, **{**tiny, "depth2": 2})
+    assert ensemble.uns["hist2st"]["architecture"] == trained.architecture.to_dict()
+    deeper = hist2st.tl.fit(
+        adata, "hires", crop_size=30.0, max_epochs=1, show_progress_bar=False, **{**tiny, "depth2": 2}
+    )
     mixed = hist2st.tl.predict(adata, [trained, deeper], show_progress_bar=False, copy=True)
-    assert [a["depth2"] for a in mixed.uns["hist2st"]["architecture"].values()] == [1, 2]
+    each = mixed.uns["hist2st"]["models"]
+    assert [each[k]["architecture"]["depth2"] for k in ("model_0", "model_1")] == [1, 2]
+    assert each["model_1"]["crop_size"] == 30.0 and each["model_0"]["crop_size"] != 30.0
     mixed.write_h5ad(tmp_path / "mixed.h5ad")
     fewer = hist2st.tl.fit(adata[:, :5].copy(), "hires", max_epochs=1, show_progress_bar=False, **tiny)
     with pytest.raises(ValueError, match=r"`model\[1\]` predicts other genes"):

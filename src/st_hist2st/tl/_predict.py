@@ -82,7 +82,9 @@ def predict(
     With genes in ``adata``: ``None`` (or the copy with ``copy=True``), and ``adata`` gets
 
     - ``layers[key_added]``: ``(n_obs, n_vars)`` float32 predictions, NaN for genes the model does not predict;
-    - ``uns[key_added]``: what produced the predictions (genes, image, crop size, libraries, settings, version).
+    - ``uns[key_added]``: what produced the predictions (genes, image, crop size, libraries, settings, version,
+      ``n_models``); averaged models that differ in image, crop size or settings have theirs under
+      ``'models'``.
 
     Without genes: a new AnnData with the model's genes as ``var``, the predictions in ``X`` and
     ``layers[key_added]``, and ``obs``, ``obsm`` and ``uns['spatial']`` of ``adata``.
@@ -132,10 +134,8 @@ def predict(
 
     info = {
         "genes": list(model.genes),
-        "image_key": image_key or model.preprocessing.get("image_key"),
-        "crop_size": crop_size if crop_size is not None else model.preprocessing.get("crop_size"),
         "libraries": [str(x) for x in get_libraries(adata, library_key).cat.categories],
-        **_settings(models),
+        **_settings(models, image_key, crop_size),
         "n_models": len(models),
         "precision": precision,
         "test_time_augmentation": test_time_augmentation,
@@ -165,10 +165,14 @@ def predict(
     return adata if copy else None
 
 
-def _settings(models: list[Hist2ST]) -> dict[str, Any]:
-    """Preset and architecture for ``uns``: once when the models share them, else one entry per model."""
-    presets = [m.preset for m in models]
-    architectures = [m.architecture.to_dict() for m in models]
-    if all(a == architectures[0] for a in architectures) and len(set(presets)) == 1:
-        return {"preset": presets[0], "architecture": architectures[0]}
-    return {"preset": presets, "architecture": {f"model_{i}": a for i, a in enumerate(architectures)}}
+def _settings(models: list[Hist2ST], image_key: str | None, crop_size: float | None) -> dict[str, Any]:
+    """Image, crop size, preset and architecture for ``uns``: once when the models share them, else per model."""
+    each = {
+        "image_key": [image_key or m.preprocessing.get("image_key") for m in models],
+        "crop_size": [crop_size if crop_size is not None else m.preprocessing.get("crop_size") for m in models],
+        "preset": [m.preset for m in models],
+        "architecture": [m.architecture.to_dict() for m in models],
+    }
+    if all(all(v == values[0] for v in values) for values in each.values()):
+        return {key: values[0] for key, values in each.items()}
+    return {"models": {f"model_{i}": {key: values[i] for key, values in each.items()} for i in range(len(models))}}
