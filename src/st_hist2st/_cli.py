@@ -115,9 +115,8 @@ def predict(args: argparse.Namespace) -> int:
     import st_hist2st as hist2st
 
     adata, image = _read(args.input, args.table)
-    models = args.model if len(args.model) > 1 else args.model[0]
     result = hist2st.tl.predict(
-        adata, models, args.image_key, image=image, test_time_augmentation=args.test_time_augmentation, copy=True
+        adata, args.model, args.image_key, image=image, test_time_augmentation=args.test_time_augmentation, copy=True
     )
     result = adata if result is None else result
     result.write_h5ad(args.output)
