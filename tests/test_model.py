@@ -313,3 +313,21 @@ def test_section_norm_uses_the_whole_section_when_patches_are_encoded_in_chunks(
     whole = module.encode(patches, positions, edges)
     module.encoder_chunk = 4
     torch.testing.assert_close(module.encode(patches, positions, edges), whole)
+
+
+def test_per_sequence_attention_checkpointing_recomputes_the_same_dropout_masks():
+    from st_hist2st.model._transformer import Transformer
+
+    torch.manual_seed(0)
+    transformer = Transformer(8, depth=2, heads=2, dim_head=4, dropout=0.0, attn_dropout=0.5).double().train()
+    transformer.gradient_checkpointing = True
+    assert all(block.attn.gradient_checkpointing for block in transformer.blocks)
+
+    def run(x):
+        with torch.random.fork_rng():
+            torch.manual_seed(1)  # the same masks on every call, so that gradcheck sees one function
+            return transformer(x)
+
+    x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    # the analytic gradient goes through the recomputation of each sequence's attention in the backward pass
+    assert torch.autograd.gradcheck(run, (x,))

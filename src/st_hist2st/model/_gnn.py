@@ -106,6 +106,10 @@ def lstm_mean(lstm: nn.LSTM, x: torch.Tensor) -> torch.Tensor:
     return x.mean(0)
 
 
+def _stacked_lstm_mean(lstm: nn.LSTM, *steps: torch.Tensor) -> torch.Tensor:
+    return lstm_mean(lstm, torch.stack(steps))
+
+
 class GraphJumpingKnowledge(nn.Module):
     r"""``depth`` :class:`GraphSAGE` layers whose outputs a 2-layer LSTM reads as a sequence; its outputs averaged.
 
@@ -120,7 +124,7 @@ class GraphJumpingKnowledge(nn.Module):
         self.layers = nn.ModuleList([GraphSAGE(dim, dim, policy) for _ in range(depth)])
         self.lstm = nn.LSTM(dim, dim, lstm_layers)
         #: With gradient checkpointing, rows of the jumping-knowledge LSTM recomputed together.
-        self.lstm_chunk = 256
+        self.lstm_chunk = 64
         self.gradient_checkpointing = False
 
     def reset_parameters(self) -> None:
@@ -139,14 +143,13 @@ class GraphJumpingKnowledge(nn.Module):
         for layer in self.layers:
             x = checkpoint(layer, x, graph, use_reentrant=False) if recompute else layer(x, graph)
             outputs.append(x.reshape(b * n, d))
-        seq = torch.stack(outputs)
         if recompute:
-            # rows are independent sequences: recompute the LSTM a chunk of rows at a time in the backward pass
-            parts = [
-                checkpoint(lstm_mean, self.lstm, part, use_reentrant=False) for part in seq.split(self.lstm_chunk, 1)
-            ]
+            # rows are independent sequences: recompute the LSTM a chunk of rows at a time in the backward pass;
+            # each chunk keeps views of the layers' outputs, which the next layers keep anyway, not a stacked copy
+            rows = [layer_out.split(self.lstm_chunk) for layer_out in outputs]
+            parts = [checkpoint(_stacked_lstm_mean, self.lstm, *chunk, use_reentrant=False) for chunk in zip(*rows)]
             return torch.cat(parts).view(b, n, -1)
-        return lstm_mean(self.lstm, seq).view(b, n, -1)
+        return lstm_mean(self.lstm, torch.stack(outputs)).view(b, n, -1)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.dim}, depth={self.depth})"

@@ -112,7 +112,7 @@ class Hist2STOutput:
     h: torch.Tensor
 
 
-def section_channel_statistics(patches: torch.Tensor, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+def section_channel_statistics(patches: torch.Tensor, chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation of each colour channel over the patches of each pass, ``(B, 3, 1, 1)`` each.
 
     ``patches`` is ``(B, N, 3, H, W)``; sums are taken in float64 ``chunk`` patches at a time, so no float copy
@@ -165,7 +165,7 @@ class Hist2STModule(nn.Module):
         #: Patches encoded at once; larger batches are split (and checkpointed while training).
         self.encoder_chunk = 4096
         #: Patches encoded at once when checkpointing (the encoder is cheap to recompute, its activations large).
-        self.checkpoint_chunk = 256
+        self.checkpoint_chunk = 128
 
     @property
     def gradient_checkpointing(self) -> bool:

@@ -29,6 +29,9 @@ class Attention(nn.Module):
         inner = heads * dim_head
         self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, dim), Dropout(dropout))
+        #: With dropout on the attention weights, recompute them one sequence of the batch at a time in the
+        #: backward pass, so the weights of only one sequence are held at once.
+        self.gradient_checkpointing = False
 
     def reset_parameters(self) -> None:
         """Re-initialise all weights."""
@@ -40,11 +43,18 @@ class Attention(nn.Module):
         q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
         if self.training and self.dropout > 0:
             # dropout on the attention weights needs them in memory anyway: compute them explicitly
-            weights = dropout(torch.softmax((q * self.dim_head**-0.5) @ k.transpose(-2, -1), dim=-1), self.dropout)
-            out = weights @ v
+            if self.gradient_checkpointing and torch.is_grad_enabled() and b > 1:
+                parts = zip(q.split(1), k.split(1), v.split(1), strict=True)
+                out = torch.cat([checkpoint(self._dropped_attention, *part, use_reentrant=False) for part in parts])
+            else:
+                out = self._dropped_attention(q, k, v)
         else:
             out = F.scaled_dot_product_attention(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
+
+    def _dropped_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        weights = dropout(torch.softmax((q * self.dim_head**-0.5) @ k.transpose(-2, -1), dim=-1), self.dropout)
+        return weights @ v
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.dim}, heads={self.heads}, dim_head={self.dim_head})"
@@ -108,8 +118,18 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(
             [TransformerBlock(dim, heads, dim_head, dim, dropout, attn_dropout) for _ in range(depth)]
         )
-        #: Keep only each block's input and recompute the block in the backward pass.
         self.gradient_checkpointing = False
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Keep only each block's input and recompute the block in the backward pass."""
+        return self._gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value: bool) -> None:
+        self._gradient_checkpointing = bool(value)
+        for block in self.blocks:
+            block.attn.gradient_checkpointing = bool(value)
 
     def reset_parameters(self) -> None:
         """Re-initialise all weights."""
