@@ -13,6 +13,7 @@ from st_hist2st.model import (
     PatchEncoder,
     SectionAugment,
     distillation_teacher,
+    random_stain_jitter,
     zinb_nll,
 )
 from st_hist2st.model._augment import random_dihedral
@@ -331,3 +332,17 @@ def test_per_sequence_attention_checkpointing_recomputes_the_same_dropout_masks(
     x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
     # the analytic gradient goes through the recomputation of each sequence's attention in the backward pass
     assert torch.autograd.gradcheck(run, (x,))
+
+
+def test_stain_jitter_changes_each_patch_differently_and_is_the_identity_at_zero_strength():
+    x = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    torch.testing.assert_close(random_stain_jitter(x, 1e-9), x)
+    y = random_stain_jitter(x, 0.2, torch.Generator().manual_seed(0))
+    assert y.dtype == torch.uint8 and y.shape == x.shape
+    torch.testing.assert_close(y, random_stain_jitter(x, 0.2, torch.Generator().manual_seed(0)))
+    change = (y.float() - x.float()).abs().mean((1, 2, 3))
+    assert torch.all(change > 1) and len(set(change.tolist())) == 5
+    with pytest.raises(ValueError, match="RGB"):
+        random_stain_jitter(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), 0.1)
+    with pytest.raises(ValueError, match="stain_jitter"):
+        Training(stain_jitter=1.5)

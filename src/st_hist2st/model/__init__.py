@@ -1,6 +1,6 @@
 """The Hist2ST network in torch and torch-geometric, its losses and its Lightning training plan."""
 
-from st_hist2st.model._augment import SectionAugment
+from st_hist2st.model._augment import SectionAugment, random_stain_jitter
 from st_hist2st.model._convmixer import ConvMixerBlock, PatchEncoder
 from st_hist2st.model._gnn import GraphJumpingKnowledge, GraphSAGE
 from st_hist2st.model._heads import ExpressionHead, PassWeight, ZINBHead
@@ -30,5 +30,6 @@ __all__ = [
     "ZINBHead",
     "distillation_loss",
     "distillation_teacher",
+    "random_stain_jitter",
     "zinb_nll",
 ]

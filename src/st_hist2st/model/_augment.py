@@ -87,3 +87,33 @@ class SectionAugment(nn.Module):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(p_grey={self.p_grey}, max_angle={self.max_angle}, p_flip={self.p_flip})"
+
+
+#: Optical density of haematoxylin, eosin and DAB in R, G, B (Ruifrok and Johnston, 2001): one stain per row.
+_RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
+
+
+def random_stain_jitter(x: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each patch of ``x`` ``(N, 3, H, W)`` with its stains varied at random (Tellez et al., 2018).
+
+    The pixels' optical densities are split into haematoxylin, eosin and DAB; per patch, each stain's amount
+    is multiplied by a factor uniform in ``[1 - strength, 1 + strength]`` and shifted by an optical density
+    uniform in ``[-strength, strength]``, as a different staining or scanner would. uint8 in, uint8 out
+    (rounded); the patches' dtype otherwise, on a 0-255 scale.
+    """
+    if x.shape[1] != 3:
+        raise ValueError(f"Stain jitter needs RGB patches, got {x.shape[1]} channels.")
+    n = x.shape[0]
+    rgb_from_hed = torch.tensor(_RGB_FROM_HED, dtype=torch.float32, device=x.device)
+    hed_from_rgb = torch.linalg.inv(rgb_from_hed)
+    scale = 1 + strength * (2 * torch.rand(n, 3, generator=generator) - 1)
+    shift = strength * (2 * torch.rand(n, 3, generator=generator) - 1)
+    # one 3 x 3 map of optical densities per patch: od @ hed_from_rgb, then per stain a * s + b, then @ rgb_from_hed
+    mix = hed_from_rgb.unsqueeze(0) * scale.to(x.device).unsqueeze(1) @ rgb_from_hed
+    offset = (shift.to(x.device) @ rgb_from_hed).view(n, 3, 1, 1)
+    od = -torch.log1p(x.float()).sub_(math.log(256.0))
+    od = torch.einsum("nchw,ncd->ndhw", od, mix).add_(offset)
+    y = torch.exp(-od).mul_(256.0).sub_(1.0)
+    if x.dtype == torch.uint8:
+        return y.round_().clamp_(0, 255).to(torch.uint8)
+    return y.clamp_(0, 255).to(x.dtype)

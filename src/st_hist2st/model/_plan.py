@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from st_hist2st.model._augment import random_dihedral
+from st_hist2st.model._augment import random_dihedral, random_stain_jitter
 from st_hist2st.model._losses import distillation_loss, zinb_nll
 from st_hist2st.model._module import Architecture, Hist2STModule
 from st_hist2st.model._training import Training
@@ -144,6 +144,8 @@ class Hist2STPlan(L.LightningModule):
             batch = crop_section(batch, self.settings.crop_fraction)
         if self.settings.dihedral:
             batch = {**batch, "patches": random_dihedral(batch["patches"])}
+        if self.settings.stain_jitter is not None:
+            batch = {**batch, "patches": random_stain_jitter(batch["patches"], self.settings.stain_jitter)}
         out = self.losses(batch)
         for name, value in out.items():
             self._epoch_sums.setdefault(name, []).append(float(value.detach()))

@@ -43,6 +43,10 @@ class Training:
     dihedral
         Show the clean pass each patch rotated by a random multiple of 90 degrees and mirrored at random (a
         tissue section has no orientation): the network sees new pixels each epoch instead of memorising.
+    stain_jitter
+        Show the clean pass each patch with its haematoxylin, eosin and DAB amounts varied at random by up to
+        this fraction (:func:`~st_hist2st.model.random_stain_jitter`), as another lab's staining would be;
+        ``None`` shows the patches as they are.
     init_output_bias
         Start the bias of the expression head at each gene's mean target over the training spots, so that
         training does not first spend epochs learning the gene means.
@@ -83,6 +87,7 @@ class Training:
     crop_fraction: float | None = None
     crops_per_section: int = 1
     dihedral: bool = False
+    stain_jitter: float | None = None
     init_output_bias: bool = False
     standardize_genes: bool = False
     ema_decay: float | None = None
@@ -102,6 +107,8 @@ class Training:
             raise ValueError(f"`crops_per_section` must be at least 1, got {self.crops_per_section}.")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in (0, 1) or None, got {self.ema_decay}.")
+        if self.stain_jitter is not None and not 0 < self.stain_jitter < 1:
+            raise ValueError(f"`stain_jitter` must be in (0, 1) or None, got {self.stain_jitter}.")
         if self.bake < 0:
             raise ValueError(f"`bake` must be non-negative, got {self.bake}.")
         if self.step_in_backward and self.gradient_clip is not None:
