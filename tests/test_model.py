@@ -17,6 +17,7 @@ from st_hist2st.model import (
     zinb_nll,
 )
 from st_hist2st.model._augment import random_dihedral
+from st_hist2st.model._convmixer import SectionBatchNorm2d
 from st_hist2st.model._gnn import GraphJumpingKnowledge, lstm_mean, mean_adjacency
 from st_hist2st.model._module import section_channel_statistics
 from st_hist2st.model._plan import Hist2STPlan, pearson_per_gene
@@ -314,6 +315,39 @@ def test_section_norm_uses_the_whole_section_when_patches_are_encoded_in_chunks(
     whole = module.encode(patches, positions, edges)
     module.encoder_chunk = 4
     torch.testing.assert_close(module.encode(patches, positions, edges), whole)
+
+
+def test_section_batchnorm_normalises_by_the_batch_in_eval_mode_and_keeps_the_running_averages():
+    torch.manual_seed(0)
+    bn = SectionBatchNorm2d(4)
+    bn.running_mean.fill_(3.0)
+    bn.running_var.fill_(2.0)
+    x = torch.randn(6, 4, 5, 5) * 2 + 1
+    plain = nn.BatchNorm2d(4)
+    plain.load_state_dict(bn.state_dict())  # the same weights under the same names
+    bn.eval(), plain.eval()
+    torch.testing.assert_close(bn(x), plain(x))  # running averages unless asked
+    bn.section_statistics = True
+    mean, var = x.mean((0, 2, 3), keepdim=True), x.var((0, 2, 3), unbiased=False, keepdim=True)
+    torch.testing.assert_close(bn(x), (x - mean) / torch.sqrt(var + bn.eps))
+    assert torch.all(bn.running_mean == 3.0) and torch.all(bn.running_var == 2.0)
+
+
+def test_section_batchnorm_encodes_a_section_at_prediction_as_in_training(tiny):
+    patches = torch.randint(0, 256, (6, 3, 112, 112), dtype=torch.uint8).float()
+    tokens = {}
+    for flag in (False, True):
+        torch.manual_seed(1)
+        net = Hist2STModule(n_genes=3, section_batchnorm=flag, **{**tiny, "dropout": 0.0})
+        assert all(m.section_statistics is flag for m in net.modules() if isinstance(m, SectionBatchNorm2d))
+        with torch.no_grad():
+            trained = net.encoder.train()(patches)  # normalised by these patches; running averages updated
+            running = [m.running_mean.clone() for m in net.modules() if isinstance(m, SectionBatchNorm2d)]
+            tokens[flag] = (trained, net.encoder.eval()(patches))
+            after = [m.running_mean for m in net.modules() if isinstance(m, SectionBatchNorm2d)]
+        assert all(torch.equal(a, b) for a, b in zip(running, after, strict=True))
+    assert not torch.allclose(*tokens[False], atol=1e-3)  # running averages of one step are not the batch's
+    torch.testing.assert_close(*tokens[True])
 
 
 def test_per_sequence_attention_checkpointing_recomputes_the_same_dropout_masks():

@@ -1,9 +1,28 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from st_hist2st.model._dropout import Dropout
+
+
+class SectionBatchNorm2d(nn.BatchNorm2d):
+    """:class:`torch.nn.BatchNorm2d` that can also normalise by the statistics of its input in eval mode.
+
+    With ``section_statistics=True`` and in eval mode it normalises each channel by the mean and variance of
+    the batch it is given (the patches of the section being predicted), as it does in training, and leaves the
+    running averages as they are. The weights are those of a :class:`~torch.nn.BatchNorm2d`.
+    """
+
+    def __init__(self, num_features: int, section_statistics: bool = False) -> None:
+        super().__init__(num_features)
+        self.section_statistics = section_statistics
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or not self.section_statistics:
+            return super().forward(x)
+        return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
 
 
 class ConvMixerBlock(nn.Module):
@@ -29,13 +48,13 @@ class ConvMixerBlock(nn.Module):
         self.channels, self.kernel_size = channels, kernel_size
         self.depthwise = nn.Sequential(
             nn.Conv2d(channels, channels, kernel_size, groups=channels, padding="same"),
-            nn.BatchNorm2d(channels),
+            SectionBatchNorm2d(channels),
             nn.GELU(),
             nn.Conv2d(channels, channels, kernel_size, groups=channels, padding="same"),
-            nn.BatchNorm2d(channels),
+            SectionBatchNorm2d(channels),
             nn.GELU(),
         )
-        self.pointwise = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.GELU(), nn.BatchNorm2d(channels))
+        self.pointwise = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.GELU(), SectionBatchNorm2d(channels))
 
     def reset_parameters(self) -> None:
         """Re-initialise all weights."""

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from st_hist2st.model._augment import SectionAugment
-from st_hist2st.model._convmixer import PatchEncoder
+from st_hist2st.model._convmixer import PatchEncoder, SectionBatchNorm2d
 from st_hist2st.model._gnn import GraphJumpingKnowledge
 from st_hist2st.model._heads import ExpressionHead, PassWeight, ZINBHead
 from st_hist2st.model._transformer import Transformer
@@ -64,6 +64,12 @@ class Architecture:
         (a simple stain normalisation, applied alike in training and prediction): sections stained or scanned
         differently then look alike to the network, which cannot tell sections apart by colour.
         ``pixel_scale`` has no effect then.
+    section_batchnorm
+        At prediction, let the encoder's BatchNorm normalise by the statistics of the patches it is given
+        (those of the section predicted, up to ``encoder_chunk`` patches at a time), as it does in training,
+        where each step is one section, instead of by the running averages over the training sections. A
+        section stained or scanned unlike the training ones is then normalised like each of them was in
+        training (adaptive BatchNorm, Li et al., 2016). The paper predicts with the running averages.
     """
 
     n_genes: int = 785
@@ -85,6 +91,7 @@ class Architecture:
     distillation: bool = True
     pixel_scale: float = 1.0
     section_norm: bool = False
+    section_batchnorm: bool = False
 
     @property
     def dim(self) -> int:
@@ -154,6 +161,9 @@ class Hist2STModule(nn.Module):
         self.encoder = PatchEncoder(
             arch.fig_size, arch.patch_size, arch.channel, arch.kernel_size, arch.depth1, arch.dropout
         )
+        for module in self.encoder.modules():
+            if isinstance(module, SectionBatchNorm2d):
+                module.section_statistics = arch.section_batchnorm
         self.x_embed = nn.Embedding(arch.n_pos, dim) if arch.position_embedding else None
         self.y_embed = nn.Embedding(arch.n_pos, dim) if arch.position_embedding else None
         self.transformer = Transformer(dim, arch.depth2, arch.heads, arch.dim_head, arch.dropout, arch.attn_dropout)

@@ -141,7 +141,12 @@ PRESETS: dict[str, dict] = {
     "paper": {"architecture": {}, "training": Training()},
     "fast": {
         # pixel_scale matters only where section_norm is turned off
-        "architecture": {"position_embedding": False, "section_norm": True, "pixel_scale": 1 / 255},
+        "architecture": {
+            "position_embedding": False,
+            "section_norm": True,
+            "section_batchnorm": True,
+            "pixel_scale": 1 / 255,
+        },
         "training": Training(
             learning_rate=1e-4,
             schedule="cosine",
