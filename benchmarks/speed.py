@@ -173,6 +173,22 @@ RSS_VARIANTS = {
         MMAP,
         True,
     ),
+    "paper settings as above (step_in_backward), precision='bf16-mixed'": (
+        {"gradient_checkpointing": True, "step_in_backward": True, "precision": "bf16-mixed"},
+        MMAP,
+        True,
+    ),
+    "preset='fast' as above (gradient_clip=None), precision='bf16-mixed'": (
+        {
+            "gradient_checkpointing": True,
+            "step_in_backward": True,
+            "preset": "fast",
+            "gradient_clip": None,
+            "precision": "bf16-mixed",
+        },
+        MMAP,
+        True,
+    ),
 }
 
 
@@ -204,7 +220,7 @@ def rss(label: str) -> None:
     t0 = time.perf_counter()
     hist2st.tl.fit(adata, "fullres", genes=genes, crop_size=112, max_epochs=1, show_progress_bar=False, **settings)
     print(
-        f"tl.fit, 1 epoch on the four shared sections, fp32, {label}: {time.perf_counter() - t0:.1f} s including "
+        f"tl.fit, 1 epoch on the four shared sections, {settings.get('precision', 'fp32')}, {label}: {time.perf_counter() - t0:.1f} s including "
         f"patch extraction; peak RSS during fit {peak_rss_gb():.2f} GB; before fit {held:.2f} GB held, of which the H&E "
         f"images in adata.uns {images_gb:.2f} GB"
     )
