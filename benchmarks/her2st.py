@@ -96,7 +96,9 @@ def main() -> None:
         help="train this many models (seeds seed, seed+1, ...) within the budget and "
         "also report the average of their predictions",
     )
-    parser.add_argument("--out", default=None, help="write the training history of each split as JSON here")
+    parser.add_argument(
+        "--out", default=None, help="write the training history and the trained model of each split here"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -155,6 +157,7 @@ def main() -> None:
             Path(args.out).mkdir(parents=True, exist_ok=True)
             for k, model in enumerate(models):
                 model.history.to_json(Path(args.out) / f"history_{test}_seed{args.seed + k}.json", orient="records")
+                model.save(Path(args.out) / f"model_{test}_seed{args.seed + k}")
 
 
 if __name__ == "__main__":
