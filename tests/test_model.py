@@ -380,3 +380,24 @@ def test_stain_jitter_changes_each_patch_differently_and_is_the_identity_at_zero
         random_stain_jitter(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), 0.1)
     with pytest.raises(ValueError, match="stain_jitter"):
         Training(stain_jitter=1.5)
+
+
+@pytest.mark.parametrize("section_norm", [False, True])
+def test_augmented_passes_made_inside_the_encoder_match_the_stacked_passes(section_norm, tiny):
+    torch.manual_seed(0)
+    net = Hist2STModule(n_genes=3, section_norm=section_norm, **{**tiny, "dropout": 0.0})
+    net.gradient_checkpointing, net.checkpoint_chunk = True, 2  # chunk edges fall on pass edges in both forms
+    patches = torch.randint(0, 256, (4, 3, 112, 112), dtype=torch.uint8)
+    positions, edges = torch.zeros(4, 2, dtype=torch.long), torch.tensor([[0, 1, 2], [1, 2, 3]])
+    views = [None, *net.augment.draw(2, torch.Generator().manual_seed(3))]
+    stacked = torch.stack([patches] + [SectionAugment.transform(patches, *view) for view in views[1:]])
+    results = []
+    for args, kwargs in (((stacked,), {}), ((patches,), {"views": views})):
+        net.zero_grad()
+        h = net.encode(*args, positions, edges, **kwargs)
+        h.square().sum().backward()
+        results.append((h.detach(), [p.grad.clone() for p in net.parameters() if p.grad is not None]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    assert len(results[0][1]) == len(results[1][1]) > 0
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b)

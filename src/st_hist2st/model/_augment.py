@@ -54,14 +54,18 @@ class SectionAugment(nn.Module):
 
     def forward(self, x: torch.Tensor, passes: int, generator: torch.Generator | None = None) -> torch.Tensor:
         n = x.shape[0]
-        draws = torch.rand(passes, 3, generator=generator)
         out = torch.empty((passes, *x.shape), dtype=x.dtype, device=x.device)
-        for p in range(passes):
-            grey, angle = bool(draws[p, 0] < self.p_grey), float(draws[p, 1] * 2 - 1) * self.max_angle
-            flip = bool(draws[p, 2] < self.p_flip)
+        for p, view in enumerate(self.draw(passes, generator)):
             for start in range(0, n, self.chunk):
-                out[p, start : start + self.chunk] = self.transform(x[start : start + self.chunk], grey, angle, flip)
+                out[p, start : start + self.chunk] = self.transform(x[start : start + self.chunk], *view)
         return out
+
+    def draw(self, passes: int, generator: torch.Generator | None = None) -> list[tuple[bool, float, bool]]:
+        """The random ``(grey, angle, flip)`` of each pass, as :meth:`transform` takes them."""
+        draws = torch.rand(passes, 3, generator=generator)
+        return [
+            (bool(d[0] < self.p_grey), float(d[1] * 2 - 1) * self.max_angle, bool(d[2] < self.p_flip)) for d in draws
+        ]
 
     @staticmethod
     def transform(x: torch.Tensor, grey: bool, angle: float, flip: bool) -> torch.Tensor:

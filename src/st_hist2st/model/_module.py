@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -119,17 +120,23 @@ class Hist2STOutput:
     h: torch.Tensor
 
 
-def section_channel_statistics(patches: torch.Tensor, chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def section_channel_statistics(
+    patches: torch.Tensor, chunk: int = 32, view: tuple | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation of each colour channel over the patches of each pass, ``(B, 3, 1, 1)`` each.
 
     ``patches`` is ``(B, N, 3, H, W)``; sums are taken in float64 ``chunk`` patches at a time, so no float copy
-    of the section is held.
+    of the section is held. With a ``view`` of :meth:`SectionAugment.draw`, the statistics are those of the
+    patches under that augmentation, applied chunk by chunk.
     """
     b, n, c = patches.shape[:3]
     total = torch.zeros(b, c, dtype=torch.float64, device=patches.device)
     squares = torch.zeros_like(total)
     for start in range(0, n, chunk):
-        x = patches[:, start : start + chunk].to(torch.float64)
+        x = patches[:, start : start + chunk]
+        if view is not None:
+            x = SectionAugment.transform(x.flatten(0, 1), *view).view_as(x)
+        x = x.to(torch.float64)
         total += x.sum((1, 3, 4))
         squares += x.square().sum((1, 3, 4))
     count = n * patches.shape[3] * patches.shape[4]
@@ -201,42 +208,74 @@ class Hist2STModule(nn.Module):
             if module is not None:
                 module.reset_parameters()
 
-    def encode(self, patches: torch.Tensor, positions: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        """Spot representations ``h``, ``(B, N, dim)``."""
-        if patches.dim() == 4:
-            patches = patches.unsqueeze(0)
-        b, n = patches.shape[:2]
-        stats = None
-        if self.arch.section_norm:
-            mean, std = section_channel_statistics(patches)
-            stats = (mean.repeat_interleave(n, 0), std.repeat_interleave(n, 0))
-        tokens = self.encode_patches(patches.flatten(0, 1), stats).view(b, n, -1)
+    def encode(
+        self,
+        patches: torch.Tensor,
+        positions: torch.Tensor,
+        edge_index: torch.Tensor,
+        views: Sequence[tuple | None] | None = None,
+    ) -> torch.Tensor:
+        """Spot representations ``h``, ``(B, N, dim)``.
+
+        With ``views`` (one per pass: ``None`` for the patches as they are, or a draw of
+        :meth:`SectionAugment.draw`), ``patches`` is the ``(N, 3, H, W)`` section and each pass is made chunk by
+        chunk inside the encoder, also when a checkpointed chunk is recomputed: the augmented copies of the
+        section are never held together.
+        """
+        if views is not None:
+            b, n = len(views), patches.shape[0]
+            tokens = torch.stack([self._encode_view(patches, view) for view in views])
+        else:
+            if patches.dim() == 4:
+                patches = patches.unsqueeze(0)
+            b, n = patches.shape[:2]
+            stats = None
+            if self.arch.section_norm:
+                mean, std = section_channel_statistics(patches)
+                stats = (mean.repeat_interleave(n, 0), std.repeat_interleave(n, 0))
+            tokens = self.encode_patches(patches.flatten(0, 1), stats).view(b, n, -1)
         if self.x_embed is not None:
             tokens = tokens + (self.x_embed(positions[:, 0]) + self.y_embed(positions[:, 1])).unsqueeze(0)
         return self.gnn(self.transformer(tokens), edge_index)
 
+    def _encode_view(self, patches: torch.Tensor, view: tuple | None) -> torch.Tensor:
+        stats = None
+        if self.arch.section_norm:
+            mean, std = section_channel_statistics(patches.unsqueeze(0), view=view)
+            stats = (mean.expand(len(patches), -1, -1, -1), std.expand(len(patches), -1, -1, -1))
+        return self.encode_patches(patches, stats, view)
+
     def encode_patches(
-        self, patches: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        self,
+        patches: torch.Tensor,
+        stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+        view: tuple | None = None,
     ) -> torch.Tensor:
         """Tokens of ``(M, 3, H, W)`` patches, converted to float ``encoder_chunk`` patches at a time.
 
         ``stats`` are per-patch channel means and standard deviations ``(M, 3, 1, 1)`` to standardise by
-        (``section_norm``). With gradients, each chunk is checkpointed: only the tokens are kept, and the chunk
-        is recomputed in the backward pass, so memory does not grow with the patches' activations.
+        (``section_norm``); ``view`` a draw of :meth:`SectionAugment.draw` to apply to each chunk first. With
+        gradients, each chunk is checkpointed: only the tokens are kept, and the chunk is recomputed in the
+        backward pass, so memory does not grow with the patches' activations.
         """
         size = self.checkpoint_chunk if self.gradient_checkpointing else self.encoder_chunk
         if patches.shape[0] <= size:
-            return self._encode_chunk(patches, stats)
+            return self._encode_chunk(patches, stats, view)
         parts = patches.split(size)
         part_stats = zip(stats[0].split(size), stats[1].split(size), strict=True) if stats else [None] * len(parts)
-        chunks = list(zip(parts, part_stats, strict=True))
+        chunks = [(part, part_stat, view) for part, part_stat in zip(parts, part_stats, strict=True)]
         if torch.is_grad_enabled():
             return torch.cat([checkpoint(self._encode_chunk, *c, use_reentrant=False) for c in chunks])
         return torch.cat([self._encode_chunk(*c) for c in chunks])
 
     def _encode_chunk(
-        self, patches: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        self,
+        patches: torch.Tensor,
+        stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+        view: tuple | None = None,
     ) -> torch.Tensor:
+        if view is not None:
+            patches = SectionAugment.transform(patches, *view)
         x = patches.float()
         if stats is not None:
             x = (x - stats[0]) / stats[1]

@@ -113,8 +113,11 @@ class Hist2STPlan(L.LightningModule):
         patches, positions, edge_index = batch["patches"], batch["positions"], batch["edge_index"]
         passes = cfg.bake if (cfg.lamb > 0 and net.pass_weight is not None) else 0
         if passes and cfg.batch_passes:
-            stacked = torch.cat([patches.unsqueeze(0), net.augment(patches, passes)])
-            h = net.encode(stacked, positions, edge_index)
+            if net.gradient_checkpointing:
+                # each pass is made chunk by chunk in the encoder: the augmented copies are never held together
+                h = net.encode(patches, positions, edge_index, views=[None, *net.augment.draw(passes)])
+            else:
+                h = net.encode(torch.cat([patches.unsqueeze(0), net.augment(patches, passes)]), positions, edge_index)
             h_clean, h_aug = h[0], h[1:]
         else:
             h_clean = net.encode(patches, positions, edge_index)[0]
