@@ -147,7 +147,10 @@ class GraphJumpingKnowledge(nn.Module):
             # rows are independent sequences: recompute the LSTM a chunk of rows at a time in the backward pass;
             # each chunk keeps views of the layers' outputs, which the next layers keep anyway, not a stacked copy
             rows = [layer_out.split(self.lstm_chunk) for layer_out in outputs]
-            parts = [checkpoint(_stacked_lstm_mean, self.lstm, *chunk, use_reentrant=False) for chunk in zip(*rows)]
+            parts = [
+                checkpoint(_stacked_lstm_mean, self.lstm, *chunk, use_reentrant=False)
+                for chunk in zip(*rows, strict=True)
+            ]
             return torch.cat(parts).view(b, n, -1)
         return lstm_mean(self.lstm, torch.stack(outputs)).view(b, n, -1)
 

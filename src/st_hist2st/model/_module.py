@@ -223,7 +223,6 @@ class Hist2STModule(nn.Module):
         section are never held together.
         """
         if views is not None:
-            b, n = len(views), patches.shape[0]
             tokens = torch.stack([self._encode_view(patches, view) for view in views])
         else:
             if patches.dim() == 4:
