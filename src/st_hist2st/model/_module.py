@@ -126,7 +126,7 @@ def section_channel_statistics(
     """Mean and standard deviation of each colour channel over the patches of each pass, ``(B, 3, 1, 1)`` each.
 
     ``patches`` is ``(B, N, 3, H, W)``; sums are taken in float64 ``chunk`` patches at a time, so no float copy
-    of the section is held. With a ``view`` of :meth:`SectionAugment.draw`, the statistics are those of the
+    of the section is held. With a ``view`` of ``SectionAugment.draw``, the statistics are those of the
     patches under that augmentation, applied chunk by chunk.
     """
     b, n, c = patches.shape[:3]
@@ -218,7 +218,7 @@ class Hist2STModule(nn.Module):
         """Spot representations ``h``, ``(B, N, dim)``.
 
         With ``views`` (one per pass: ``None`` for the patches as they are, or a draw of
-        :meth:`SectionAugment.draw`), ``patches`` is the ``(N, 3, H, W)`` section and each pass is made chunk by
+        ``SectionAugment.draw``), ``patches`` is the ``(N, 3, H, W)`` section and each pass is made chunk by
         chunk inside the encoder, also when a checkpointed chunk is recomputed: the augmented copies of the
         section are never held together.
         """
@@ -253,7 +253,7 @@ class Hist2STModule(nn.Module):
         """Tokens of ``(M, 3, H, W)`` patches, converted to float ``encoder_chunk`` patches at a time.
 
         ``stats`` are per-patch channel means and standard deviations ``(M, 3, 1, 1)`` to standardise by
-        (``section_norm``); ``view`` a draw of :meth:`SectionAugment.draw` to apply to each chunk first. With
+        (``section_norm``); ``view`` a draw of ``SectionAugment.draw`` to apply to each chunk first. With
         gradients, each chunk is checkpointed: only the tokens are kept, and the chunk is recomputed in the
         backward pass, so memory does not grow with the patches' activations.
         """
