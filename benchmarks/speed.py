@@ -219,8 +219,9 @@ def rss(label: str) -> None:
     genes = (ROOT / "genes_785.txt").read_text().split()
     t0 = time.perf_counter()
     hist2st.tl.fit(adata, "fullres", genes=genes, crop_size=112, max_epochs=1, show_progress_bar=False, **settings)
+    precision = settings.get("precision", "fp32")
     print(
-        f"tl.fit, 1 epoch on the four shared sections, {settings.get('precision', 'fp32')}, {label}: {time.perf_counter() - t0:.1f} s including "
+        f"tl.fit, 1 epoch on the four shared sections, {precision}, {label}: {time.perf_counter() - t0:.1f} s including "
         f"patch extraction; peak RSS during fit {peak_rss_gb():.2f} GB; before fit {held:.2f} GB held, of which the H&E "
         f"images in adata.uns {images_gb:.2f} GB"
     )
