@@ -238,6 +238,15 @@ class Hist2ST:
         return [EMAWeightAveraging(decay=self.training.ema_decay)]
 
     # ------------------------------------------------------------------ prediction
+    def prediction_inputs(
+        self, image_key: str | None = None, crop_size: float | None = None
+    ) -> tuple[str | None, float | None]:
+        """The image key and crop size :meth:`~st_hist2st.Hist2ST.predict` uses: those given, else those it was trained with."""
+        return (
+            self.preprocessing.get("image_key") if image_key is None else image_key,
+            self.preprocessing.get("crop_size") if crop_size is None else crop_size,
+        )
+
     def predict(
         self,
         adata: AnnData,
@@ -261,10 +270,9 @@ class Hist2ST:
         check_adata(adata)
         if precision not in ("32", "bf16"):
             raise ValueError(f"`precision` must be '32' or 'bf16', got {precision!r}.")
-        image_key = self.preprocessing.get("image_key") if image_key is None else image_key
+        image_key, crop_size = self.prediction_inputs(image_key, crop_size)
         if image_key is None:
             raise ValueError("Pass `image_key=`: the model does not know which image it was trained on.")
-        crop_size = self.preprocessing.get("crop_size") if crop_size is None else crop_size
         sections = prepare_sections(
             adata,
             image_key,

@@ -167,9 +167,10 @@ def predict(
 
 def _settings(models: list[Hist2ST], image_key: str | None, crop_size: float | None) -> dict[str, Any]:
     """Image, crop size, preset and architecture for ``uns``: once when the models share them, else per model."""
+    inputs = [m.prediction_inputs(image_key, crop_size) for m in models]
     each = {
-        "image_key": [image_key or m.preprocessing.get("image_key") for m in models],
-        "crop_size": [crop_size if crop_size is not None else m.preprocessing.get("crop_size") for m in models],
+        "image_key": [key for key, _ in inputs],
+        "crop_size": [size for _, size in inputs],
         "preset": [m.preset for m in models],
         "architecture": [m.architecture.to_dict() for m in models],
     }
