@@ -241,7 +241,10 @@ class Hist2ST:
     def prediction_inputs(
         self, image_key: str | None = None, crop_size: float | None = None
     ) -> tuple[str | None, float | None]:
-        """The image key and crop size :meth:`~st_hist2st.Hist2ST.predict` uses: those given, else those it was trained with."""
+        """The image key and crop size :meth:`~st_hist2st.Hist2ST.predict` uses.
+
+        Those given, else those the model was trained with.
+        """
         return (
             self.preprocessing.get("image_key") if image_key is None else image_key,
             self.preprocessing.get("crop_size") if crop_size is None else crop_size,
