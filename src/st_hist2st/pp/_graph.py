@@ -22,10 +22,12 @@ def spatial_graph(
     inplace: bool = True,
     copy: bool = False,
 ) -> sparse.csr_matrix | AnnData | None:
-    """Build the Hist2ST spot graph with :func:`squidpy.gr.spatial_neighbors`.
+    """Build the Hist2ST spot graph by the rules of :func:`squidpy.gr.spatial_neighbors`.
 
     Legacy ST arrays get the paper's rule: the 4 nearest spots in grid coordinates, kept when at most
-    2 grid units away (a directed graph, no self-loops). Visium arrays get the 6 hexagonal neighbours.
+    2 grid units away (a directed graph, no self-loops). Visium arrays get the 6 hexagonal neighbours. The graph
+    equals squidpy's for the same settings; it is built with scikit-learn directly so that training does not
+    import squidpy.
     Grid coordinates come from ``obs['array_row']``/``['array_col']`` or are inferred from ``obsm[spatial_key]``.
 
     Parameters
