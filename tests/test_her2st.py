@@ -61,6 +61,20 @@ def test_graph_on_her2st(her2st):
     degree = np.asarray((conn != 0).sum(1)).ravel()
     assert degree.max() <= 4
     assert np.median(degree) == 4
+    # the paper's rule as squidpy computes it: 4 nearest spots on the grid, kept within grid distance 2
+    import squidpy as sq
+    from anndata import AnnData
+
+    from st_hist2st._data._graph import grid_positions
+
+    scratch = AnnData(obs=her2st.obs[["library_id"]].copy())
+    scratch.obsm["grid"] = grid_positions(her2st).astype(float)
+    sq.gr.spatial_neighbors(scratch, spatial_key="grid", library_key="library_id", coord_type="generic", n_neighs=4)
+    near = scratch.obsp["spatial_distances"].tocsr() <= 2
+    expected = scratch.obsp["spatial_connectivities"].tocsr().multiply(near).tocsr()
+    expected.setdiag(0)
+    expected.eliminate_zeros()
+    assert (conn != expected).nnz == 0
 
 
 def test_missing_root_says_where_to_put_files(tmp_path):
