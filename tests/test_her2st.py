@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import squidpy as sq
+from anndata import AnnData
 from PIL import Image
 
 import st_hist2st as hist2st
+from st_hist2st._data._graph import grid_positions
 
 pytestmark = pytest.mark.her2st
 
@@ -62,11 +65,6 @@ def test_graph_on_her2st(her2st):
     assert degree.max() <= 4
     assert np.median(degree) == 4
     # the paper's rule as squidpy computes it: 4 nearest spots on the grid, kept within grid distance 2
-    import squidpy as sq
-    from anndata import AnnData
-
-    from st_hist2st._data._graph import grid_positions
-
     scratch = AnnData(obs=her2st.obs[["library_id"]].copy())
     scratch.obsm["grid"] = grid_positions(her2st).astype(float)
     sq.gr.spatial_neighbors(scratch, spatial_key="grid", library_key="library_id", coord_type="generic", n_neighs=4)
