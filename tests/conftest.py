@@ -62,6 +62,37 @@ def rng():
 
 
 @pytest.fixture
+def squidpy_graph():
+    """The Hist2ST spot graph as squidpy computes it, to check :func:`~st_hist2st.pp.spatial_graph` against.
+
+    ST: the 4 nearest spots on the grid, kept within grid distance 2; Visium: squidpy's 6-neighbour grid graph.
+    """
+    import squidpy as sq
+    from anndata import AnnData
+
+    from st_hist2st._data._graph import grid_positions
+
+    def build(adata, layout):
+        scratch = AnnData(obs=adata.obs[["library_id"]].copy())
+        if layout == "visium":
+            scratch.obsm["spatial"] = adata.obsm["spatial"]
+            sq.gr.spatial_neighbors(scratch, library_key="library_id", coord_type="grid", n_neighs=6)
+            conn = scratch.obsp["spatial_connectivities"].tocsr()
+        else:
+            scratch.obsm["grid"] = grid_positions(adata).astype(float)
+            sq.gr.spatial_neighbors(
+                scratch, spatial_key="grid", library_key="library_id", coord_type="generic", n_neighs=4
+            )
+            near = scratch.obsp["spatial_distances"].tocsr() <= 2
+            conn = scratch.obsp["spatial_connectivities"].tocsr().multiply(near).tocsr()
+        conn.setdiag(0)
+        conn.eliminate_zeros()
+        return conn
+
+    return build
+
+
+@pytest.fixture
 def tiny():
     """Architecture settings of a model that trains in seconds."""
     return dict(TINY)

@@ -169,33 +169,15 @@ def test_visium_graph_has_six_hexagonal_neighbours():
     assert degree.max() == 6
 
 
-def _squidpy_graph(adata, layout):
-    import squidpy as sq
-
-    scratch = AnnData(obs=adata.obs[["library_id"]].copy())
-    if layout == "visium":
-        scratch.obsm["spatial"] = adata.obsm["spatial"]
-        sq.gr.spatial_neighbors(scratch, library_key="library_id", coord_type="grid", n_neighs=6)
-        conn = scratch.obsp["spatial_connectivities"].tocsr()
-    else:
-        scratch.obsm["grid"] = grid_positions(adata).astype(float)
-        sq.gr.spatial_neighbors(scratch, spatial_key="grid", library_key="library_id", coord_type="generic", n_neighs=4)
-        near = scratch.obsp["spatial_distances"].tocsr() <= 2
-        conn = scratch.obsp["spatial_connectivities"].tocsr().multiply(near).tocsr()
-    conn.setdiag(0)
-    conn.eliminate_zeros()
-    return conn
-
-
 @pytest.mark.parametrize("layout", ["st", "visium"])
-def test_graph_equals_squidpys(layout):
+def test_graph_equals_squidpys(layout, squidpy_graph):
     # sections interleaved in obs and with missing spots, where ties and borders matter
     adata = hist2st.datasets.synthetic(n_libraries=3, shape=(9, 11), n_genes=3, layout=layout)
     rng = np.random.default_rng(0)
     adata = adata[rng.permutation(adata.n_obs)]
     adata = adata[rng.random(adata.n_obs) < 0.85].copy()
     conn = build_connectivities(adata, library_key="library_id")
-    expected = _squidpy_graph(adata, layout)
+    expected = squidpy_graph(adata, layout)
     assert conn.nnz > 3 * adata.n_obs
     assert (conn != expected).nnz == 0
 
