@@ -93,9 +93,10 @@ def build_connectivities(
     rows, cols = [], []
     for code in np.unique(codes):
         idx = np.flatnonzero(codes == code)
+        xy = coords[idx]
         k = VISIUM_NEIGHBOURS if layout == "visium" else max(1, min(ST_NEIGHBOURS, len(idx) - 1))
-        source, target = _nearest(coords[idx], k)
-        dist = np.linalg.norm(coords[idx][source] - coords[idx][target], axis=1)
+        source, target = _nearest(xy, k)
+        dist = np.linalg.norm(xy[source] - xy[target], axis=1)
         if layout == "visium":
             keep = dist < np.median(dist) * VISIUM_DISTANCE_FACTOR
         else:
