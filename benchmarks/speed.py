@@ -9,8 +9,12 @@ fixed glibc mmap threshold; also with memory-mapped images; also with ``step_in_
 ``'fast'`` preset without gradient clipping, which ``step_in_backward`` needs); and a training step on a
 synthetic 5,000-spot Visium-like section.
 
+With ``--device cuda`` the throughput, the training steps, prediction and the Visium-like step run on the GPU
+(peak GPU memory instead of RSS); peak RSS is a CPU figure and is skipped there.
+
     python benchmarks/speed.py            # everything
     python benchmarks/speed.py --only steps predict
+    python benchmarks/speed.py --device cuda
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ import st_hist2st  # noqa: F401  # imported first, as in a user's session: it fl
 
 ROOT = Path(os.environ.get("HIST2ST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "her2st"))
 CASES = ("throughput", "steps", "predict", "rss", "visium")
+#: Where the throughput, step, prediction and Visium cases run; set by ``--device``.
+DEVICE = torch.device("cpu")
+
+
+def synchronize() -> None:
+    """Wait for the GPU's queued work, so that wall-clock times include it."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def peak_rss_gb() -> float:
@@ -50,11 +62,15 @@ def reset_peak_rss() -> None:
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    if DEVICE.type == "cuda":
+        n, reps = 8192, 20
+    a, b = torch.randn(n, n, dtype=dtype, device=DEVICE), torch.randn(n, n, dtype=dtype, device=DEVICE)
     torch.nn.functional.linear(a, b)
+    synchronize()
     t0 = time.perf_counter()
     for _ in range(reps):
         torch.nn.functional.linear(a, b)
+    synchronize()
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
@@ -66,7 +82,7 @@ def sections():
     adata = hist2st.datasets.her2st(ROOT)
     genes = (ROOT / "genes_785.txt").read_text().split()
     prepared = prepare_sections(adata, "fullres", genes=genes, crop_size=112, show_progress_bar=False)
-    return {s.library_id: section_batch(s) for s in prepared}
+    return {s.library_id: {k: v.to(DEVICE) for k, v in section_batch(s).items()} for s in prepared}
 
 
 def make_plan(**settings):
@@ -74,19 +90,21 @@ def make_plan(**settings):
     from st_hist2st.model._training import preset
 
     arch, training = preset("paper", **settings)
-    return Hist2STPlan(arch, training.to_dict())
+    return Hist2STPlan(arch, training.to_dict()).to(DEVICE)
 
 
 def step_time(plan, batch, optimizer, bf16: bool, reps: int = 3, warmup: bool = True) -> float:
     """Median time of ``reps`` training steps, after one untimed step when ``warmup``."""
     times = []
     for _ in range(reps + warmup):
+        synchronize()
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=bf16):
             loss = plan.losses(batch)["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times[1:] if warmup else times)
 
@@ -102,8 +120,9 @@ def step_flops(plan, batch) -> float:
 
 def throughput() -> dict:
     peaks = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(
-        f"matmul throughput on this machine ({torch.get_num_threads()} threads): fp32 {peaks['fp32']:.0f} GFLOP/s, "
+        f"matmul throughput on this machine ({where}): fp32 {peaks['fp32']:.0f} GFLOP/s, "
         f"bf16 {peaks['bf16']:.0f} GFLOP/s"
     )
     return peaks
@@ -120,19 +139,19 @@ def steps(peaks: dict) -> None:
         for name, bf16 in (("fp32", False), ("bf16", True)):
             t = step_time(plan, batch, optimizer, bf16)
             print(
-                f"train step {lib} ({n} spots, 5 distillation passes) {name}: {t:.2f} s; {flops / 1e9:.0f} GFLOP "
+                f"train step {lib} ({n} spots, 5 distillation passes) {name}: {t:.3g} s; {flops / 1e9:.0f} GFLOP "
                 f"-> {flops / t / 1e9:.0f} GFLOP/s = {flops / t / 1e9 / peaks[name]:.0%} of the {name} peak"
             )
     sequential = make_plan(batch_passes=False)
     seq_opt = torch.optim.Adam(sequential.parameters(), lr=1e-5)
     t_seq = step_time(sequential, data["C3"], seq_opt, False)
     t_bat = step_time(plan, data["C3"], optimizer, False)
-    print(f"distillation passes C3 fp32: batched with the clean pass {t_bat:.2f} s, one after the other {t_seq:.2f} s")
+    print(f"distillation passes C3 fp32: batched with the clean pass {t_bat:.3g} s, one after the other {t_seq:.3g} s")
     for name, bf16 in (("fp32", False), ("bf16", True)):
         total = sum(step_time(plan, b, optimizer, bf16, reps=1) for b in data.values())
         print(
             f"epoch over the four shared sections ({sum(b['patches'].shape[0] for b in data.values())} spots) "
-            f"{name}: {total:.1f} s"
+            f"{name}: {total:.3g} s"
         )
 
 
@@ -145,9 +164,11 @@ def predict() -> None:
     for name, bf16 in (("fp32", False), ("bf16", True)):
         times = []
         for _ in range(4):
+            synchronize()
             t0 = time.perf_counter()
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.inference_mode(), torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=bf16):
                 net(batch["patches"], batch["positions"], batch["edge_index"])
+            synchronize()
             times.append(time.perf_counter() - t0)
         t = statistics.median(times[1:])
         print(f"predict C3 ({n} spots) {name}: {t:.3f} s = {n / t:.0f} spots/s")
@@ -238,25 +259,49 @@ def visium() -> None:
 
     adata = hist2st.datasets.synthetic(n_libraries=1, shape=(50, 100), n_genes=785, layout="visium", spot_step=24)
     section = prepare_sections(adata, "hires", genes=list(adata.var_names), show_progress_bar=False)[0]
-    batch = section_batch(section)
+    batch = {k: v.to(DEVICE) for k, v in section_batch(section).items()}
     before = peak_rss_gb()
-    plan = make_plan(n_pos=256, attn_dropout=0.0, gradient_checkpointing=True)  # the paper settings otherwise
-    optimizer = torch.optim.Adam(plan.parameters(), lr=1e-5)
-    t = step_time(plan, batch, optimizer, False, reps=1, warmup=False)
-    print(
-        f"synthetic Visium-like section, {section.n_spots} spots, hexagonal graph "
-        f"({section.edge_index.shape[1]} edges), paper settings with attn_dropout=0 (fused attention) and "
-        f"gradient checkpointing, fp32, {VISIUM_ENV}: {t:.1f} s for the first training step; peak RSS {peak_rss_gb():.2f} GB "
-        f"(data {before:.2f} GB)"
-    )
+    # the paper settings otherwise; on a GPU also without checkpointing, which it has the memory for
+    variants = (True, False) if DEVICE.type == "cuda" else (True,)
+    for checkpointing in variants:
+        plan = make_plan(n_pos=256, attn_dropout=0.0, gradient_checkpointing=checkpointing)
+        optimizer = torch.optim.Adam(plan.parameters(), lr=1e-5)
+        label = f"{'with' if checkpointing else 'without'} gradient checkpointing"
+        if DEVICE.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(DEVICE)
+            first = step_time(plan, batch, optimizer, False, reps=1, warmup=False)
+            steps = {
+                name: step_time(plan, batch, optimizer, bf16, reps=2)
+                for name, bf16 in (("fp32", False), ("bf16", True))
+            }
+            print(
+                f"synthetic Visium-like section, {section.n_spots} spots, hexagonal graph "
+                f"({section.edge_index.shape[1]} edges), paper settings with attn_dropout=0 (fused attention), {label}, "
+                f"{torch.cuda.get_device_name(DEVICE)}: first step {first:.2f} s, then fp32 {steps['fp32']:.2f} s, "
+                f"bf16 {steps['bf16']:.2f} s per step; peak GPU memory {torch.cuda.max_memory_allocated(DEVICE) / 1e9:.1f} GB"
+            )
+        else:
+            t = step_time(plan, batch, optimizer, False, reps=1, warmup=False)
+            print(
+                f"synthetic Visium-like section, {section.n_spots} spots, hexagonal graph "
+                f"({section.edge_index.shape[1]} edges), paper settings with attn_dropout=0 (fused attention), "
+                f"{label}, fp32, {VISIUM_ENV}: {t:.1f} s for the first training step; peak RSS {peak_rss_gb():.2f} GB "
+                f"(data {before:.2f} GB)"
+            )
+        del plan, optimizer
 
 
 def main() -> None:
+    global DEVICE
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", choices=CASES, default=list(CASES))
+    parser.add_argument("--device", default="cpu", help="'cpu' or a CUDA device such as 'cuda' or 'cuda:1'")
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="paper settings", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA GPU here; leave --device out to measure the CPU.")
     warnings.filterwarnings("ignore")
     if args.case:
         {
@@ -270,10 +315,14 @@ def main() -> None:
     for case in args.only:
         if case == "throughput" and "steps" in args.only:
             continue  # steps measures the throughput itself, in the same process
+        if case == "rss" and DEVICE.type == "cuda":
+            print("peak RSS is measured on the CPU: run it without --device")
+            continue
         # each case in its own process, so that peak RSS figures are its own
         variants = RSS_VARIANTS if case == "rss" else {"": ({}, VISIUM_ENV if case == "visium" else {}, False)}
         for label, (_, env, *_) in variants.items():
-            command = [sys.executable, __file__, "--case", case] + (["--variant", label] if label else [])
+            command = [sys.executable, __file__, "--case", case, "--device", args.device]
+            command += ["--variant", label] if label else []
             subprocess.run(command, check=True, env={**os.environ, **env})
 
 
