@@ -254,7 +254,8 @@ def test_ema_decay_returns_the_moving_average_of_the_weights(adata, tiny):
         weights: list = []
 
         def on_train_batch_end(self, trainer, module, *args):
-            Record.weights.append({k: v.detach().clone() for k, v in module.net.named_parameters()})
+            # on the CPU, where fit hands the model back, also when it trains on a GPU
+            Record.weights.append({k: v.detach().to("cpu", copy=True) for k, v in module.net.named_parameters()})
 
     decay = 0.5
     model = hist2st.tl.fit(
