@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -101,6 +103,16 @@ def test_spatial_pred_draws_on_given_axes_and_saves(predicted, tmp_path):
     assert len(axes[0, 0].images) == 1  # the H&E under the spots
     with pytest.raises(ValueError, match="2 axes per gene"):
         hist2st.pl.spatial_pred(predicted, ["gene0"], ax=axes)
+    plt.close("all")
+
+
+def test_spatial_pred_keeps_scanpys_deprecation_notices_to_itself(predicted):
+    # scanpy warns about its own sc.pl.spatial; the caller of spatial_pred can do nothing about it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hist2st.pl.spatial_pred(predicted, ["gene0"], library_id="S1")
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "spatial_scatter" in m or "set_bad" in m], messages
     plt.close("all")
 
 

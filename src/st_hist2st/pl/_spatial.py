@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,19 +109,23 @@ def spatial_pred(
         values = np.concatenate([sub[:, gene].X.ravel(), sub[:, gene].layers["observed"].ravel()])
         vmin, vmax = float(np.nanmin(values)), float(np.nanmax(values))
         for j, (what, lay) in enumerate((("observed", "observed"), ("predicted", None))):
-            sc.pl.spatial(
-                sub,
-                color=gene,
-                layer=lay,
-                img_key=img_key,
-                library_id=library_id,
-                size=size,
-                cmap=cmap,
-                vmin=vmin,
-                vmax=vmax,
-                ax=axes[2 * k + j],
-                show=False,
-                title=f"{gene} {what}" + (f" (r = {r[k]:.2f})" if what == "predicted" else ""),
-            )
+            with warnings.catch_warnings():
+                # about scanpy's own plotting code, not the caller's: nothing a user of this function can change
+                warnings.filterwarnings("ignore", "Use `squidpy.pl.spatial_scatter` instead", FutureWarning)
+                warnings.filterwarnings("ignore", "The set_bad function", PendingDeprecationWarning)
+                sc.pl.spatial(
+                    sub,
+                    color=gene,
+                    layer=lay,
+                    img_key=img_key,
+                    library_id=library_id,
+                    size=size,
+                    cmap=cmap,
+                    vmin=vmin,
+                    vmax=vmax,
+                    ax=axes[2 * k + j],
+                    show=False,
+                    title=f"{gene} {what}" + (f" (r = {r[k]:.2f})" if what == "predicted" else ""),
+                )
     save_figure(fig, save)
     return fig
