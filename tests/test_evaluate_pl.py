@@ -97,6 +97,10 @@ def test_spatial_pred_draws_on_given_axes_and_saves(predicted, tmp_path):
     assert out is fig
     assert (tmp_path / "sp.png").stat().st_size > 0
     assert "r = " in axes[0, 1].get_title() and axes[0, 0].get_title() == "gene0 observed"
+    # the r in the title is the library's own, as tl.evaluate reports it
+    table = hist2st.tl.evaluate(predicted)
+    r = table.query("gene == 'gene1' and library == 'S1'")["r"].item()
+    assert axes[1, 1].get_title() == f"gene1 predicted (r = {r:.2f})"
     # a shared colour scale per gene
     left, right = axes[0, 0].collections[0].get_clim(), axes[0, 1].collections[0].get_clim()
     assert left == right

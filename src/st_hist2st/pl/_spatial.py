@@ -82,11 +82,12 @@ def spatial_pred(
     library_id = str(libs.cat.categories[0]) if library_id is None else library_id
     if library_id not in libs.cat.categories:
         raise ValueError(f"Unknown `library_id={library_id!r}`; libraries: {list(libs.cat.categories)}.")
-    observed = observed_targets(adata, layer, counts_layer, library_key)
+    idx = (libs == library_id).to_numpy()
+    # the targets are normalised within each spot, so the library's own spots are all that is needed
+    observed = observed_targets(adata[idx], layer, counts_layer, library_key)
     missing = [g for g in genes if g not in observed.columns]
     if missing:
         raise KeyError(f"No predictions in `layers[{layer!r}]` for {missing}.")
-    idx = (libs == library_id).to_numpy()
     img_key = _default_img_key(adata, library_id) if img_key is None else img_key
     sub = AnnData(
         X=np.asarray(adata[idx, genes].layers[layer], dtype=np.float32),
