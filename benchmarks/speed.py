@@ -270,15 +270,15 @@ def visium() -> None:
         if DEVICE.type == "cuda":
             torch.cuda.reset_peak_memory_stats(DEVICE)
             first = step_time(plan, batch, optimizer, False, reps=1, warmup=False)
-            steps = {
+            per_step = {
                 name: step_time(plan, batch, optimizer, bf16, reps=2)
                 for name, bf16 in (("fp32", False), ("bf16", True))
             }
             print(
                 f"synthetic Visium-like section, {section.n_spots} spots, hexagonal graph "
                 f"({section.edge_index.shape[1]} edges), paper settings with attn_dropout=0 (fused attention), {label}, "
-                f"{torch.cuda.get_device_name(DEVICE)}: first step {first:.2f} s, then fp32 {steps['fp32']:.2f} s, "
-                f"bf16 {steps['bf16']:.2f} s per step; peak GPU memory {torch.cuda.max_memory_allocated(DEVICE) / 1e9:.1f} GB"
+                f"{torch.cuda.get_device_name(DEVICE)}: first step {first:.2f} s, then fp32 {per_step['fp32']:.2f} s, "
+                f"bf16 {per_step['bf16']:.2f} s per step; peak GPU memory {torch.cuda.max_memory_allocated(DEVICE) / 1e9:.1f} GB"
             )
         else:
             t = step_time(plan, batch, optimizer, False, reps=1, warmup=False)
