@@ -276,9 +276,10 @@ def visium() -> None:
             }
             print(
                 f"synthetic Visium-like section, {section.n_spots} spots, hexagonal graph "
-                f"({section.edge_index.shape[1]} edges), paper settings with attn_dropout=0 (fused attention), {label}, "
-                f"{torch.cuda.get_device_name(DEVICE)}: first step {first:.2f} s, then fp32 {per_step['fp32']:.2f} s, "
-                f"bf16 {per_step['bf16']:.2f} s per step; peak GPU memory {torch.cuda.max_memory_allocated(DEVICE) / 1e9:.1f} GB"
+                f"({section.edge_index.shape[1]} edges), paper settings with attn_dropout=0 (fused attention), "
+                f"{label}, {torch.cuda.get_device_name(DEVICE)}: first step {first:.2f} s, then fp32 "
+                f"{per_step['fp32']:.2f} s, bf16 {per_step['bf16']:.2f} s per step; peak GPU memory "
+                f"{torch.cuda.max_memory_allocated(DEVICE) / 1e9:.1f} GB"
             )
         else:
             t = step_time(plan, batch, optimizer, False, reps=1, warmup=False)

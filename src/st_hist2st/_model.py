@@ -67,7 +67,7 @@ def _identity(batch):
 
 
 class Hist2ST:
-    """Hist2ST (Zeng et al., 2022): gene expression of each spot from its H&E patch, the whole section and its neighbours.
+    """Hist2ST (Zeng et al., 2022): each spot's gene expression from its H&E patch, its section and its neighbours.
 
     Parameters
     ----------

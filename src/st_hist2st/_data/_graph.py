@@ -145,9 +145,10 @@ def get_connectivities(
 
 
 def to_edge_index(conn: sparse.spmatrix, libraries: pd.Series | None = None) -> np.ndarray:
-    """``(2, n_edges)`` edge index (source, target) from connectivities where ``conn[i, j]`` makes ``j`` a neighbour of ``i``.
+    """``(2, n_edges)`` edge index (source, target) from connectivities.
 
-    Self-loops are dropped. Edges between libraries are an error; spots without neighbours a warning.
+    ``conn[i, j]`` makes ``j`` a neighbour of ``i``. Self-loops are dropped. Edges between libraries are an
+    error; spots without neighbours a warning.
     """
     coo = sparse.coo_matrix(conn)
     keep = (coo.row != coo.col) & (coo.data != 0)

@@ -62,9 +62,10 @@ class Training:
     gradient_checkpointing
         Recompute the patch encoder, the Transformer blocks, the GNN layers and the jumping-knowledge LSTM in
         the backward pass: about a third slower on a CPU, but only their inputs are kept (sections of
-        thousands of spots, or little memory). On a GPU the small recomputed pieces cost far more (13 times
-        slower at 5,000 spots on an H200, for a sixth of the memory): turn it on there only when memory is short. The encoder then runs on chunks of patches, and its BatchNorm normalises each
-        chunk by the chunk's statistics rather than the section's.
+        thousands of spots, or little memory). The encoder then runs on chunks of patches, and its BatchNorm
+        normalises each chunk by the chunk's statistics rather than the section's. On a GPU the small
+        recomputed pieces cost far more (13 times slower at 5,000 spots on an H200, for a sixth of the
+        memory): turn it on there only when memory is short.
     step_in_backward
         Update each weight with Adam as soon as its gradient is complete, during the backward pass, and drop
         that gradient at once, so the gradients of the whole network (0.3 GB at the paper's size) are never
