@@ -35,7 +35,8 @@ def her2st() -> None:
     adata = hist2st.datasets.her2st(ROOT)
     t1 = time.perf_counter()
     print(
-        f"her2st load: {adata.n_obs} spots x {adata.n_vars} genes, 4 sections in {t1 - t0:.1f} s; peak RSS {peak_rss_gb():.2f} GB"
+        f"her2st load: {adata.n_obs} spots x {adata.n_vars} genes, 4 sections in {t1 - t0:.1f} s; "
+        f"peak RSS {peak_rss_gb():.2f} GB"
     )
     genes = (ROOT / "genes_785.txt").read_text().split()
     sections = prepare_sections(adata, "fullres", genes=genes, crop_size=112, show_progress_bar=False)
@@ -43,7 +44,8 @@ def her2st() -> None:
     n = sum(s.n_spots for s in sections)
     mb = sum(s.patches.numel() for s in sections) / 1e6
     print(
-        f"her2st prepare: {n} patches ({mb:.0f} MB uint8), graphs and targets in {t2 - t1:.1f} s; peak RSS {peak_rss_gb():.2f} GB"
+        f"her2st prepare: {n} patches ({mb:.0f} MB uint8), graphs and targets in {t2 - t1:.1f} s; "
+        f"peak RSS {peak_rss_gb():.2f} GB"
     )
 
 

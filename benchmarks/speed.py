@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import st_hist2st  # noqa: F401  # imported first, as in a user's session: it flushes denormals before torch's threads start
+# imported first, as in a user's session: it flushes denormals before torch's threads start
+import st_hist2st  # noqa: F401
 
 ROOT = Path(os.environ.get("HIST2ST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "her2st"))
 CASES = ("throughput", "steps", "predict", "rss", "visium")
@@ -242,9 +243,9 @@ def rss(label: str) -> None:
     hist2st.tl.fit(adata, "fullres", genes=genes, crop_size=112, max_epochs=1, show_progress_bar=False, **settings)
     precision = settings.get("precision", "fp32")
     print(
-        f"tl.fit, 1 epoch on the four shared sections, {precision}, {label}: {time.perf_counter() - t0:.1f} s including "
-        f"patch extraction; peak RSS during fit {peak_rss_gb():.2f} GB; before fit {held:.2f} GB held, of which the H&E "
-        f"images in adata.uns {images_gb:.2f} GB"
+        f"tl.fit, 1 epoch on the four shared sections, {precision}, {label}: {time.perf_counter() - t0:.1f} s "
+        f"including patch extraction; peak RSS during fit {peak_rss_gb():.2f} GB; before fit {held:.2f} GB held, of "
+        f"which the H&E images in adata.uns {images_gb:.2f} GB"
     )
     tmp.cleanup()
 
