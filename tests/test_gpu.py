@@ -1,4 +1,7 @@
-"""Training and prediction on a CUDA GPU; skipped where torch sees none (as in CI)."""
+"""Training and prediction on a CUDA GPU; skipped where torch sees none (as in CI).
+
+That a tiny model learns on the GPU is a case of ``test_tl.test_tiny_model_learns_expression_from_colour``.
+"""
 
 from __future__ import annotations
 
@@ -49,31 +52,12 @@ def test_paper_training_with_distillation_in_bf16_on_gpu(adata, tiny):
 @pytest.mark.parametrize("settings", [{}, {"gradient_checkpointing": True, "step_in_backward": True}])
 def test_same_seed_gives_the_same_model_on_gpu(adata, tiny, settings):
     # scatter-adds on a GPU may add in any order, so agreement is to float rounding rather than bit for bit
-    kwargs = {"max_epochs": 1, "accelerator": "gpu", "devices": 1, "show_progress_bar": False, "seed": 3}
+    kwargs = {"max_epochs": 1, "accelerator": "gpu", "devices": 1, "show_progress_bar": False}
     a, b, c = (
-        hist2st.tl.fit(adata, "hires", **{**kwargs, "seed": seed}, **tiny, **settings).predict(
+        hist2st.tl.fit(adata, "hires", seed=seed, **kwargs, **tiny, **settings).predict(
             adata, device="cuda", show_progress_bar=False
         )
         for seed in (3, 3, 4)
     )
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert np.abs(a - c).max() > 1e-3
-
-
-def test_fast_preset_learns_on_gpu(tiny):
-    adata = hist2st.datasets.synthetic(n_libraries=4, n_genes=30, seed=0)
-    model = hist2st.tl.fit(
-        adata,
-        "hires",
-        validation_libraries=["S3"],
-        preset="fast",
-        max_epochs=100,
-        learning_rate=1e-3,
-        crops_per_section=1,
-        accelerator="gpu",
-        devices=1,
-        precision="bf16-mixed",
-        show_progress_bar=False,
-        **tiny,
-    )
-    assert model.history["val_pearson"].iloc[-1] > 0.8

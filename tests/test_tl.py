@@ -138,7 +138,18 @@ def test_fit_leaves_adata_and_global_rng_alone(adata, tiny):
     assert (adata.X != before.X).nnz == 0
 
 
-def test_tiny_model_learns_expression_from_colour(tiny):
+@pytest.mark.parametrize(
+    ("accelerator", "precision"),
+    [
+        ("cpu", "32-true"),
+        pytest.param(
+            "gpu",
+            "bf16-mixed",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+        ),
+    ],
+)
+def test_tiny_model_learns_expression_from_colour(tiny, accelerator, precision):
     adata = hist2st.datasets.synthetic(n_libraries=4, n_genes=30, seed=0)
     model = hist2st.tl.fit(
         adata,
@@ -152,7 +163,8 @@ def test_tiny_model_learns_expression_from_colour(tiny):
         crop_fraction=None,
         crops_per_section=1,
         show_progress_bar=False,
-        accelerator="cpu",
+        accelerator=accelerator,
+        precision=precision,
         **tiny,
     )
     held = adata[adata.obs["library_id"] == "S3"].copy()
