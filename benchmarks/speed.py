@@ -75,15 +75,21 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
+def device_batch(section) -> dict:
+    """The model's tensors of a prepared section, on the benchmark's device."""
+    from st_hist2st._model import section_batch
+
+    return {k: v.to(DEVICE) for k, v in section_batch(section).items()}
+
+
 def sections():
     import st_hist2st as hist2st
     from st_hist2st._data._section import prepare_sections
-    from st_hist2st._model import section_batch
 
     adata = hist2st.datasets.her2st(ROOT)
     genes = (ROOT / "genes_785.txt").read_text().split()
     prepared = prepare_sections(adata, "fullres", genes=genes, crop_size=112, show_progress_bar=False)
-    return {s.library_id: {k: v.to(DEVICE) for k, v in section_batch(s).items()} for s in prepared}
+    return {s.library_id: device_batch(s) for s in prepared}
 
 
 def make_plan(**settings):
@@ -256,11 +262,10 @@ VISIUM_ENV = MMAP
 def visium() -> None:
     import st_hist2st as hist2st
     from st_hist2st._data._section import prepare_sections
-    from st_hist2st._model import section_batch
 
     adata = hist2st.datasets.synthetic(n_libraries=1, shape=(50, 100), n_genes=785, layout="visium", spot_step=24)
     section = prepare_sections(adata, "hires", genes=list(adata.var_names), show_progress_bar=False)[0]
-    batch = {k: v.to(DEVICE) for k, v in section_batch(section).items()}
+    batch = device_batch(section)
     before = peak_rss_gb()
     # the paper settings otherwise; on a GPU also without checkpointing, which it has the memory for
     variants = (True, False) if DEVICE.type == "cuda" else (True,)
