@@ -12,6 +12,7 @@ from st_hist2st.model import (
     Hist2STModule,
     PatchEncoder,
     SectionAugment,
+    correlation_loss,
     distillation_teacher,
     random_stain_jitter,
     zinb_nll,
@@ -98,6 +99,22 @@ def test_zinb_loss_equals_a_hand_computation():
     assert zinb_nll(counts, mean, disp, pi, sf).item() == pytest.approx(nll.mean(), rel=1e-5)
 
 
+def test_correlation_loss_equals_one_minus_the_mean_pearson_r():
+    rng = np.random.default_rng(0)
+    pred, target = rng.normal(size=(20, 3)), rng.normal(size=(20, 3))
+    target[:, 1] += 2 * pred[:, 1]
+    target[:, 2] = 1.5  # constant over the spots: counts as r = 0 and gets no gradient
+    r = [np.corrcoef(pred[:, g], target[:, g])[0, 1] for g in (0, 1)]
+    pred_t = torch.tensor(pred, requires_grad=True)
+    loss = correlation_loss(pred_t, torch.tensor(target))
+    assert loss.item() == pytest.approx(1 - (r[0] + r[1] + 0) / 3, rel=1e-6)
+    loss.backward()
+    assert torch.all(pred_t.grad[:, 2] == 0) and torch.all(pred_t.grad[:, :2].abs().sum(0) > 0)
+    # indifferent to each gene's level and scale in the prediction
+    shifted = correlation_loss(torch.tensor(pred * [2.0, 0.5, 1.0] + 3), torch.tensor(target))
+    assert shifted.item() == pytest.approx(loss.item(), rel=1e-6)
+
+
 def test_distillation_teacher_is_a_softmax_weighted_mean():
     preds = torch.tensor([[[1.0]], [[3.0]]])
     weights = torch.tensor([[[0.0]], [[np.log(3.0)]]])
@@ -142,6 +159,18 @@ def test_losses_are_finite_and_gradients_reach_every_part(batch_passes, tiny):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters()), part
 
 
+def test_the_correlation_loss_is_added_with_its_weight(tiny):
+    arch, training = preset("fast", **tiny, pearson=0.3)
+    plan = Hist2STPlan({**arch, "n_genes": 5}, training.to_dict())
+    plan.eval()  # BatchNorm on the section's statistics either way: the same prediction as below
+    batch = _batch()
+    out = plan.losses(batch)
+    pred = plan.net(batch["patches"], batch["positions"], batch["edge_index"]).expression[0]
+    torch.testing.assert_close(out["pearson"], correlation_loss(pred, batch["targets"]))
+    torch.testing.assert_close(out["loss"], out["mse"] + 0.3 * out["pearson"])
+    assert "pearson" not in Hist2STPlan({**arch, "n_genes": 5}, preset("fast", **tiny)[1].to_dict()).losses(batch)
+
+
 def test_pearson_per_gene_marks_constant_genes_nan():
     pred = torch.tensor([[1.0, 2.0], [2.0, 2.0], [3.0, 2.0]])
     obs = torch.tensor([[2.0, 1.0], [4.0, 5.0], [6.0, 0.0]])
@@ -155,6 +184,8 @@ def test_training_settings_are_checked():
         Training(schedule="linear")
     with pytest.raises(ValueError, match="preset"):
         preset("best")
+    with pytest.raises(ValueError, match="`pearson` is a loss weight"):
+        Training(pearson=-1)
     fast = preset("fast")[1]
     assert fast.lr_factor(0) < fast.lr_factor(fast.warmup_epochs) == pytest.approx(1.0)
     assert Training().lr_factor(50) == pytest.approx(0.9)

@@ -42,6 +42,21 @@ def zinb_nll(
     return torch.where(counts <= 1e-8, zero_case, nb_case).mean()
 
 
+def correlation_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """One minus the Pearson r between the columns of ``pred`` and ``target``, averaged over columns.
+
+    Parameters
+    ----------
+    pred, target
+        ``(N, G)``: spots by genes. A gene constant over the spots of ``target`` counts as r = 0 (it has
+        no gradient); ``eps`` keeps a constant column of ``pred`` from dividing by zero.
+    """
+    pc = pred - pred.mean(0)
+    tc = target - target.mean(0)
+    r = (pc * tc).sum(0) * torch.rsqrt(pc.square().sum(0) + eps) * torch.rsqrt(tc.square().sum(0) + eps)
+    return 1.0 - r.mean()
+
+
 def distillation_teacher(predictions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted mean over the augmented passes, weights softmaxed over the passes.
 

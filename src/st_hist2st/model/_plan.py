@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from st_hist2st.model._augment import random_dihedral, random_stain_jitter
-from st_hist2st.model._losses import distillation_loss, zinb_nll
+from st_hist2st.model._losses import correlation_loss, distillation_loss, zinb_nll
 from st_hist2st.model._module import Architecture, Hist2STModule
 from st_hist2st.model._training import Training
 
@@ -132,6 +132,9 @@ class Hist2STPlan(L.LightningModule):
         else:
             out = {"mse": ((pred - batch["targets"]).square() * self.gene_weights).mean()}
         loss = out["mse"]
+        if cfg.pearson > 0:
+            out["pearson"] = correlation_loss(pred, batch["targets"])
+            loss = loss + cfg.pearson * out["pearson"]
         if cfg.zinb > 0 and net.zinb is not None:
             mean, disp, pi = net.zinb(h_clean.float())
             out["zinb"] = zinb_nll(batch["counts"], mean.float(), disp.float(), pi.float(), batch["size_factors"])

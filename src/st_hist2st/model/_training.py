@@ -26,6 +26,11 @@ class Training:
         Clip the gradient norm to this value; ``None`` does not clip.
     zinb
         Weight of the ZINB negative log-likelihood.
+    pearson
+        Weight of a correlation loss, one minus the Pearson r between prediction and target over the spots
+        of the section, averaged over genes (:func:`~st_hist2st.model.correlation_loss`): the measure
+        predictions are judged by, indifferent to each gene's level and scale in a section. ``0`` trains on
+        the squared error alone, as the paper.
     lamb
         Weight of the self-distillation loss.
     bake
@@ -82,6 +87,7 @@ class Training:
     weight_decay: float = 0.0
     gradient_clip: float | None = None
     zinb: float = 0.25
+    pearson: float = 0.0
     lamb: float = 0.5
     bake: int = 5
     batch_passes: bool = True
@@ -111,6 +117,9 @@ class Training:
             raise ValueError(f"`ema_decay` must be in (0, 1) or None, got {self.ema_decay}.")
         if self.stain_jitter is not None and not 0 < self.stain_jitter < 1:
             raise ValueError(f"`stain_jitter` must be in (0, 1) or None, got {self.stain_jitter}.")
+        for name in ("zinb", "lamb", "pearson"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` is a loss weight and must be non-negative, got {getattr(self, name)}.")
         if self.bake < 0:
             raise ValueError(f"`bake` must be non-negative, got {self.bake}.")
         if self.step_in_backward and self.gradient_clip is not None:
