@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="train on three her2st sections, predict the fourth")
     p.add_argument("--minutes", type=float, default=10.0, help="training time limit")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the 'fast' preset's 25)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the 'fast' preset's 40)")
     p.add_argument("--test", default=None, help="held-out section (default the last)")
     p.add_argument("--out", default="hist2st_demo", help="folder for the figure and the model")
     p.add_argument("--quiet", action="store_true")

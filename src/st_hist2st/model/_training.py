@@ -157,6 +157,7 @@ PRESETS: dict[str, dict] = {
             "section_norm": True,
             "section_batchnorm": True,
             "pixel_scale": 1 / 255,
+            "dropout": 0.4,
         },
         "training": Training(
             learning_rate=1e-4,
@@ -166,7 +167,7 @@ PRESETS: dict[str, dict] = {
             zinb=0.0,
             bake=0,
             crops_per_section=4,
-            max_epochs=25,
+            max_epochs=40,
         ),
     },
 }

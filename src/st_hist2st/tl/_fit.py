@@ -74,11 +74,12 @@ def fit(
         Spot array for a graph built here: ``'st'``, ``'visium'`` or ``'auto'``.
     preset
         ``'paper'``: the published training (Adam 1e-5, x0.9 every 50 epochs, 350 epochs, raw pixel values).
-        ``'fast'``: the paper's network without the grid-position embedding and with each section's colours
-        standardised (``position_embedding=False``, ``section_norm=True``), trained with Adam 1e-4, 5 warm-up
-        epochs and cosine decay over 25 epochs, gradient clipping at 1, no ZINB term, no distillation passes,
-        each section 4 times per epoch; it generalises to new sections in minutes on a CPU. See
-        :doc:`/model`.
+        ``'fast'``: the paper's network without the grid-position embedding, with each section's colours
+        standardised, BatchNorm at prediction by the predicted section's statistics and dropout 0.4
+        (``position_embedding=False``, ``section_norm=True``, ``section_batchnorm=True``, ``dropout=0.4``),
+        trained with Adam 1e-4, 5 warm-up epochs and cosine decay over 40 epochs, gradient clipping at 1, no
+        ZINB term, no distillation passes, each section 4 times per epoch; it generalises to new sections in
+        minutes on a CPU. See :doc:`/model`.
     max_epochs
         Epochs; overrides the preset.
     accelerator, devices, strategy, num_nodes
