@@ -213,6 +213,8 @@ class Hist2ST:
                 warnings.filterwarnings("ignore", ".*does not have many workers.*")
                 warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
                 warnings.filterwarnings("ignore", ".*defined a `validation_step` but have no `val_dataloader`.*")
+                # Lightning's own use of torch's pytree module; nothing the caller can act on
+                warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)", FutureWarning)
                 try:
                     trainer.fit(plan, loader, val_loader)
                 finally:
