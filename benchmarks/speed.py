@@ -272,28 +272,28 @@ def visium() -> None:
     for checkpointing in variants:
         plan = make_plan(n_pos=256, attn_dropout=0.0, gradient_checkpointing=checkpointing)
         optimizer = torch.optim.Adam(plan.parameters(), lr=1e-5)
-        label = f"{'with' if checkpointing else 'without'} gradient checkpointing"
+        what = (
+            f"synthetic Visium-like section, {section.n_spots} spots, hexagonal graph "
+            f"({section.edge_index.shape[1]} edges), paper settings with attn_dropout=0 (fused attention), "
+            f"{'with' if checkpointing else 'without'} gradient checkpointing"
+        )
         if DEVICE.type == "cuda":
             torch.cuda.reset_peak_memory_stats(DEVICE)
-            first = step_time(plan, batch, optimizer, False, reps=1, warmup=False)
+        first = step_time(plan, batch, optimizer, False, reps=1, warmup=False)
+        if DEVICE.type == "cuda":
             per_step = {
                 name: step_time(plan, batch, optimizer, bf16, reps=2)
                 for name, bf16 in (("fp32", False), ("bf16", True))
             }
             print(
-                f"synthetic Visium-like section, {section.n_spots} spots, hexagonal graph "
-                f"({section.edge_index.shape[1]} edges), paper settings with attn_dropout=0 (fused attention), "
-                f"{label}, {torch.cuda.get_device_name(DEVICE)}: first step {first:.2f} s, then fp32 "
+                f"{what}, {torch.cuda.get_device_name(DEVICE)}: first step {first:.2f} s, then fp32 "
                 f"{per_step['fp32']:.2f} s, bf16 {per_step['bf16']:.2f} s per step; peak GPU memory "
                 f"{torch.cuda.max_memory_allocated(DEVICE) / 1e9:.1f} GB"
             )
         else:
-            t = step_time(plan, batch, optimizer, False, reps=1, warmup=False)
             print(
-                f"synthetic Visium-like section, {section.n_spots} spots, hexagonal graph "
-                f"({section.edge_index.shape[1]} edges), paper settings with attn_dropout=0 (fused attention), "
-                f"{label}, fp32, {VISIUM_ENV}: {t:.1f} s for the first training step; peak RSS {peak_rss_gb():.2f} GB "
-                f"(data {before:.2f} GB)"
+                f"{what}, fp32, {VISIUM_ENV}: {first:.1f} s for the first training step; peak RSS "
+                f"{peak_rss_gb():.2f} GB (data {before:.2f} GB)"
             )
         del plan, optimizer
 
