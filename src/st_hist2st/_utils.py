@@ -20,6 +20,26 @@ def check_adata(adata: Any, *, name: str = "adata") -> AnnData:
     return adata
 
 
+def check_var_names(adata: AnnData, *, name: str = "adata") -> None:
+    """Refuse duplicate gene names: a gene chosen by name would be ambiguous."""
+    if not adata.var_names.is_unique:
+        dup = adata.var_names[adata.var_names.duplicated()].unique().tolist()
+        raise ValueError(
+            f"`{name}.var_names` has {len(dup)} duplicated name(s), e.g. {dup[:5]}; call "
+            f"`{name}.var_names_make_unique()` first."
+        )
+
+
+#: What each spot's counts are divided by before the log: the total over the model's genes or over all genes.
+NORMALIZE_OVER = ("genes", "all")
+
+
+def check_normalize_over(normalize_over: str) -> None:
+    """``normalize_over`` must name one of :data:`NORMALIZE_OVER`."""
+    if normalize_over not in NORMALIZE_OVER:
+        raise ValueError(f"`normalize_over` must be one of {list(NORMALIZE_OVER)}, got {normalize_over!r}.")
+
+
 def check_not_view(adata: AnnData, *, name: str = "adata") -> None:
     """Refuse to write into a view, which would silently copy."""
     if adata.is_view:

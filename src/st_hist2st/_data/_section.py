@@ -17,7 +17,7 @@ from st_hist2st._constants import MOSTLY_PADDED, PATCH_SIZE, Key
 from st_hist2st._data._graph import Layout, get_connectivities, grid_positions, to_edge_index
 from st_hist2st._data._image import ImageSource, image_from_anndata, image_from_container, image_from_spatialdata
 from st_hist2st._data._patches import crop_patches
-from st_hist2st._data._targets import expression_targets, get_counts, size_factors
+from st_hist2st._data._targets import expression_targets, get_counts, size_factors, spot_totals
 from st_hist2st._utils import check_libraries, get_libraries, get_spatial
 
 logger = logging.getLogger(__name__)
@@ -114,21 +114,30 @@ def extract_patches(
     libraries = get_libraries(adata, library_key)
     patches = np.empty((adata.n_obs, 3, patch_size, patch_size), dtype=np.uint8)
     padded = np.zeros(adata.n_obs)
-    for lib, (source, side) in resolve_crops(adata, image_key, libraries.cat.categories, image, crop_size).items():
+    crops = resolve_crops(adata, image_key, libraries.cat.categories, image, crop_size)
+    for lib, (source, side) in crops.items():
         idx = np.flatnonzero((libraries == lib).to_numpy())
         patches[idx], padded[idx] = crop_patches(
             source, coords[idx], side, patch_size=patch_size, show_progress_bar=show_progress_bar
         )
+    warn_padding(padded, [side for _, side in crops.values()])
+    return patches, padded
+
+
+def warn_padding(padded: np.ndarray, sides: Sequence[float], stacklevel: int = 3) -> None:
+    """Warn once when many patches are mostly padding (cut outside the image), with the count and the fix."""
     n_padded, n_mostly = int((padded > 0).sum()), int((padded > MOSTLY_PADDED).sum())
     if n_padded:
         logger.info("%d of %d patches reach over the image border and were padded with white", n_padded, len(padded))
     if n_mostly > 0.05 * len(padded):
+        sizes = ", ".join(f"{s:g}" for s in sorted(set(sides)))
         warnings.warn(
-            f"{n_mostly} of {len(padded)} patches are more than half padding; check `crop_size` and the scale factor.",
+            f"{n_mostly} of {len(padded)} patches are more than half padding (cut outside the image), so the model "
+            f"sees mostly white there. Check `crop_size` (here {sizes} full-resolution pixels), the image's scale "
+            "factor and that `obsm['spatial']` is in full-resolution pixels.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
-    return patches, padded
 
 
 def prepare_sections(
@@ -145,11 +154,14 @@ def prepare_sections(
     image: Any = None,
     crop_size: float | None = None,
     n_pos: int | None = None,
+    normalize_over: str = "genes",
     show_progress_bar: bool = True,
 ) -> list[Section]:
     """Check every input, then build one :class:`Section` per library.
 
-    With ``genes=None`` no expression is read (prediction on H&E only).
+    With ``genes=None`` no expression is read (prediction on H&E only). ``n_pos`` is the size of the model's
+    grid-position embedding, ``None`` for a model without one. ``normalize_over`` divides each spot's counts
+    by its total over the model's ``'genes'`` (the paper) or over ``'all'`` genes of ``adata``.
     """
     coords = get_spatial(adata, spatial_key)
     libs = get_libraries(adata, library_key)
@@ -159,10 +171,12 @@ def prepare_sections(
     positions = grid_positions(adata, spatial_key, libs)
     if n_pos is not None and positions.max() >= n_pos:
         raise ValueError(
-            f"Grid positions go up to {int(positions.max())} but the model embeds at most {n_pos} per axis; "
-            "use a model with larger `n_pos` (Visium needs 128)."
+            f"Grid positions go up to {int(positions.max())} but the model's position embedding holds at most "
+            f"{n_pos} per axis. Train a model with `n_pos={64 * (int(positions.max()) // 64 + 1)}` (Visium needs "
+            "128), or one without the embedding (`position_embedding=False`, as the 'fast' preset)."
         )
     counts_all = get_counts(adata, list(genes), layer) if genes is not None else None
+    totals_all = spot_totals(adata, layer) if (genes is not None and normalize_over == "all") else None
     crops = resolve_crops(adata, image_key, wanted, image, crop_size)
     conn = get_connectivities(
         adata,
@@ -172,7 +186,7 @@ def prepare_sections(
         layout=layout,
         positions=positions,
     )
-    sections = []
+    sections, padded_all = [], []
     for lib in wanted:
         idx = np.flatnonzero((libs == lib).to_numpy())
         if idx.size == 0:
@@ -188,6 +202,7 @@ def prepare_sections(
         patches, padded = crop_patches(
             source, coords[idx], side, patch_size=PATCH_SIZE, show_progress_bar=show_progress_bar
         )
+        padded_all.append(padded)
         section = Section(
             library_id=str(lib),
             obs_index=idx,
@@ -199,9 +214,11 @@ def prepare_sections(
         if counts_all is not None:
             counts = counts_all[idx]
             section.counts = torch.from_numpy(counts)
-            section.targets = torch.from_numpy(expression_targets(counts))
-            section.size_factors = torch.from_numpy(size_factors(counts))
+            totals = None if totals_all is None else totals_all[idx]
+            section.targets = torch.from_numpy(expression_targets(counts, totals))
+            section.size_factors = torch.from_numpy(size_factors(counts, totals))
         sections.append(section)
+    warn_padding(np.concatenate(padded_all), [side for _, side in crops.values()], stacklevel=4)
     return sections
 
 

@@ -32,19 +32,28 @@ def get_counts(adata: AnnData, genes: list[str], layer: str | None = None) -> np
     return counts
 
 
-def expression_targets(counts: np.ndarray) -> np.ndarray:
-    """The Hist2ST target ``log10(1 + 1e4 * c / sum(c))`` per spot, the sum over the given genes only.
+def spot_totals(adata: AnnData, layer: str | None = None) -> np.ndarray:
+    """Each spot's total count over all genes of ``adata`` (for ``normalize_over='all'``)."""
+    return np.asarray(get_matrix(adata, layer).sum(1), dtype=np.float64).reshape(-1)
 
-    Spots with no counts get zeros.
+
+def expression_targets(counts: np.ndarray, totals: np.ndarray | None = None) -> np.ndarray:
+    """The Hist2ST target ``log10(1 + 1e4 * c / sum(c))`` per spot.
+
+    The sum is over the given genes (the paper's), or ``totals`` per spot when given. Spots with no counts get
+    zeros.
     """
     counts = np.asarray(counts, dtype=np.float64)
-    total = counts.sum(1, keepdims=True)
+    total = counts.sum(1, keepdims=True) if totals is None else np.asarray(totals, dtype=np.float64).reshape(-1, 1)
     scaled = np.divide(counts * 1e4, total, out=np.zeros_like(counts), where=total > 0)
     return np.log10(1.0 + scaled).astype(np.float32)
 
 
-def size_factors(counts: np.ndarray) -> np.ndarray:
-    """Library size over the given genes divided by its median within the section (1 where the median is 0)."""
-    total = np.asarray(counts, dtype=np.float64).sum(1)
+def size_factors(counts: np.ndarray, totals: np.ndarray | None = None) -> np.ndarray:
+    """Library size (over the given genes, or ``totals``) divided by its median within the section.
+
+    1 where the median is 0.
+    """
+    total = np.asarray(counts, dtype=np.float64).sum(1) if totals is None else np.asarray(totals, dtype=np.float64)
     median = float(np.median(total)) if total.size else 0.0
     return (total / median if median > 0 else np.ones_like(total)).astype(np.float32)

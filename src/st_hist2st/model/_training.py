@@ -173,10 +173,32 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def check_settings(settings: dict) -> None:
+    """One error naming every unknown setting, with the valid names of :class:`Architecture` and :class:`Training`."""
+    import difflib
+
+    from st_hist2st.model._module import Architecture
+
+    architecture = sorted(f.name for f in fields(Architecture) if f.name != "n_genes")
+    unknown = [k for k in settings if k not in TRAINING_FIELDS and k not in architecture and k != "n_genes"]
+    if not unknown:
+        return
+    common = {"lr": "learning_rate", "epochs": "max_epochs", "n_epochs": "max_epochs", "clip": "gradient_clip"}
+    hints = []
+    for key in unknown:
+        close = [common[key]] if key in common else difflib.get_close_matches(key, [*architecture, *TRAINING_FIELDS])
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise TypeError(
+        f"Unknown setting(s) {', '.join(hints)}. Architecture settings: {', '.join(architecture)}. "
+        f"Training settings: {', '.join(sorted(TRAINING_FIELDS))}."
+    )
+
+
 def preset(name: str, **overrides) -> tuple[dict, Training]:
     """Architecture overrides and :class:`Training` of the preset ``name``, with ``overrides`` applied."""
     if name not in PRESETS:
         raise ValueError(f"Unknown `preset={name!r}`; choose one of {list(PRESETS)}.")
+    check_settings(overrides)
     arch = dict(PRESETS[name]["architecture"])
     training = PRESETS[name]["training"]
     train_over = {k: v for k, v in overrides.items() if k in TRAINING_FIELDS}

@@ -84,7 +84,7 @@ def spatial_pred(
         raise ValueError(f"Unknown `library_id={library_id!r}`; libraries: {list(libs.cat.categories)}.")
     idx = (libs == library_id).to_numpy()
     # the targets are normalised within each spot, so the library's own spots are all that is needed
-    observed = observed_targets(adata[idx], layer, counts_layer, library_key)
+    observed = observed_targets(adata[idx], layer, counts_layer)
     missing = [g for g in genes if g not in observed.columns]
     if missing:
         raise KeyError(f"No predictions in `layers[{layer!r}]` for {missing}.")

@@ -9,8 +9,8 @@ from anndata import AnnData
 from scipy import stats
 
 from st_hist2st._constants import Key
-from st_hist2st._data._targets import expression_targets, get_counts
-from st_hist2st._utils import check_adata, check_not_view, get_libraries
+from st_hist2st._data._targets import expression_targets, get_counts, spot_totals
+from st_hist2st._utils import check_adata, check_not_view, check_var_names, get_libraries
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +26,18 @@ def predicted_genes(adata: AnnData, layer: str) -> list[str]:
     return adata.var_names[~np.isnan(values).all(0)].tolist()
 
 
-def observed_targets(adata: AnnData, layer: str, counts_layer: str | None, library_key: str | None) -> pd.DataFrame:
-    """Observed expression of the predicted genes, transformed per spot exactly as the model's targets."""
+def observed_targets(adata: AnnData, layer: str, counts_layer: str | None) -> pd.DataFrame:
+    """Observed expression of the predicted genes, transformed per spot exactly as the model's targets.
+
+    Normalised by each spot's total over the predicted genes, or over all genes where the model was trained
+    with ``normalize_over='all'`` (recorded in ``uns[layer]``).
+    """
     genes = predicted_genes(adata, layer)
     counts = get_counts(adata, genes, counts_layer)
-    return pd.DataFrame(expression_targets(counts), index=adata.obs_names, columns=genes)
+    info = adata.uns.get(layer)
+    over = info.get("normalize_over", "genes") if isinstance(info, dict) else "genes"
+    totals = spot_totals(adata, counts_layer) if over == "all" else None
+    return pd.DataFrame(expression_targets(counts, totals), index=adata.obs_names, columns=genes)
 
 
 def pearson_columns(pred: np.ndarray, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -84,8 +91,9 @@ def evaluate(
     """
     check_adata(adata)
     check_not_view(adata)
+    check_var_names(adata)
     key_added = f"{layer}_pearson" if key_added is None else key_added
-    observed = observed_targets(adata, layer, counts_layer, library_key)
+    observed = observed_targets(adata, layer, counts_layer)
     genes = list(observed.columns) if genes is None else ([genes] if isinstance(genes, str) else list(genes))
     missing = [g for g in genes if g not in observed.columns]
     if missing:

@@ -11,7 +11,7 @@ from anndata import AnnData
 
 from st_hist2st._constants import Key
 from st_hist2st._model import Hist2ST, resolve_model
-from st_hist2st._utils import check_adata, check_not_view, get_libraries
+from st_hist2st._utils import check_adata, check_not_view, check_var_names, get_libraries
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ def predict(
     ``layers[key_added]``, and ``obs``, ``obsm`` and ``uns['spatial']`` of ``adata``.
     """
     check_adata(adata)
+    check_var_names(adata)
     models = [resolve_model(m) for m in (model if isinstance(model, list | tuple) else [model])]
     if not models:
         raise ValueError("`model` is an empty sequence; pass a trained model, or several to average.")
@@ -113,6 +114,13 @@ def predict(
             )
         if not copy:
             check_not_view(adata)
+    kinds = {m.preprocessing.get("normalize_over", "genes") for m in models}
+    if len(kinds) > 1:
+        raise ValueError(
+            f"The models' targets are normalised differently ({sorted(kinds)}: `normalize_over`); their predictions "
+            "are on different scales and cannot be averaged."
+        )
+    over = kinds.pop()
     pred = None
     for m in models:
         one = m.predict(
@@ -139,7 +147,8 @@ def predict(
         "n_models": len(models),
         "precision": precision,
         "test_time_augmentation": test_time_augmentation,
-        "target": "log10(1 + 1e4 * counts / sum(counts over the model's genes))",
+        "target": f"log10(1 + 1e4 * counts / sum(counts over {'all genes' if over == 'all' else 'the model genes'}))",
+        "normalize_over": over,
         "package_version": __version__,
     }
     if he_only:

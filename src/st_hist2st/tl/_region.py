@@ -71,7 +71,7 @@ def region_ari(
     pred = np.asarray(adata[:, genes].layers[layer], dtype=np.float64)
     if label_key is not None and label_key not in adata.obs:
         raise KeyError(f"`adata.obs[{label_key!r}]` does not exist; pass the column with region labels or None.")
-    observed = None if label_key is not None else observed_targets(adata, layer, counts_layer, library_key).to_numpy()
+    observed = None if label_key is not None else observed_targets(adata, layer, counts_layer).to_numpy()
     libs = get_libraries(adata, library_key)
     rows = []
     for lib in libs.cat.categories:
