@@ -20,17 +20,24 @@ from tqdm.auto import tqdm
 
 from st_hist2st._constants import Key
 from st_hist2st._data._section import Section, prepare_sections
-from st_hist2st._utils import check_adata, check_libraries, get_libraries
+from st_hist2st._persistence import CONFIG_FILE, check_fields, check_state_dict, read_model_folder, write_model_folder
+from st_hist2st._training_run import (
+    CheckpointRecord,
+    check_checkpoint,
+    check_targets_vary,
+    checkpoint_file,
+    keep_sigint_handler,
+    last_checkpoint,
+    seeded,
+)
+from st_hist2st._utils import check_adata, check_libraries, check_normalize_over, check_var_names, get_libraries
 from st_hist2st.model._augment import dihedral
 from st_hist2st.model._module import Architecture, Hist2STModule
-from st_hist2st.model._plan import Hist2STPlan, check_step_in_backward
+from st_hist2st.model._plan import Hist2STPlan, check_step_in_backward, step_seed
 from st_hist2st.model._training import Training
 from st_hist2st.model._training import preset as get_preset
 
 logger = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.pt"
 
 
 class SectionDataset(torch.utils.data.Dataset):
@@ -60,6 +67,28 @@ def target_statistics(sections: Sequence[Section]) -> tuple[torch.Tensor, torch.
     """Per-gene mean and variance of the targets over all spots of ``sections``."""
     targets = torch.cat([s.targets for s in sections]).double()
     return targets.mean(0), targets.var(0, unbiased=False)
+
+
+class EpochShuffle(torch.utils.data.Sampler):
+    """A random order of ``n`` items drawn from ``seed`` and the epoch (Lightning calls ``set_epoch``).
+
+    The order does not depend on the random draws made before, so a fit resumed at any epoch sees the sections
+    in the order an uninterrupted one does.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the order of ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(step_seed(self.seed, self.epoch, rank=1))
+        return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
 def _identity(batch):
@@ -93,6 +122,8 @@ class Hist2ST:
         genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
         if not genes or len(set(genes)) != len(genes):
             raise ValueError("`genes` must be a non-empty list of distinct gene names.")
+        if "n_genes" in settings:
+            raise TypeError("`n_genes` is not a setting: it is the number of `genes` the model predicts.")
         arch, training = get_preset(preset, **settings)
         self.genes: list[str] = genes
         self.preset = preset
@@ -102,8 +133,7 @@ class Hist2ST:
         self.preprocessing: dict[str, Any] = {}
         self.history: pd.DataFrame = pd.DataFrame()
         self.is_trained = False
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.module = Hist2STModule(self.architecture)
 
     # ------------------------------------------------------------------ training
@@ -120,6 +150,7 @@ class Hist2ST:
         image: Any = None,
         crop_size: float | None = None,
         layout: str = "auto",
+        normalize_over: str = "genes",
         max_epochs: int | None = None,
         accelerator: str = "auto",
         devices: int | str | Sequence[int] = "auto",
@@ -127,13 +158,22 @@ class Hist2ST:
         num_nodes: int = 1,
         precision: str | int = "32-true",
         seed: int = 0,
+        checkpoint_dir: str | Path | None = None,
+        ckpt_path: str | Path | None = None,
         show_progress_bar: bool = True,
         trainer_kwargs: dict[str, Any] | None = None,
     ) -> Hist2ST:
-        """Train on the libraries of ``adata``; see :func:`st_hist2st.tl.fit` for the parameters."""
+        """Train on the libraries of ``adata``; see :func:`st_hist2st.tl.fit` for the parameters.
+
+        ``ckpt_path`` (a checkpoint file, or a ``checkpoint_dir`` of an earlier fit) continues that fit where it
+        stopped. If training fails or is interrupted (Ctrl-C raises :class:`KeyboardInterrupt`), a model that
+        was trained before keeps its previous weights and history, and an untrained one stays untrained.
+        """
         import lightning as L
 
         check_adata(adata)
+        check_var_names(adata)
+        check_normalize_over(normalize_over)
         if max_epochs is not None:
             self.training = replace(self.training, max_epochs=int(max_epochs))
         libs = get_libraries(adata, library_key)
@@ -146,8 +186,11 @@ class Hist2ST:
         train_libs = [lib for lib in all_libs if lib not in val_libs]
         if not train_libs:
             raise ValueError("Every library is in `validation_libraries`; leave at least one for training.")
-        with tempfile.TemporaryDirectory(prefix="hist2st-") as tmp, torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        if ckpt_path is not None:
+            ckpt_path = checkpoint_file(ckpt_path)
+            check_checkpoint(ckpt_path, self.genes, self.architecture)
+            checkpoint_dir = ckpt_path.parent if checkpoint_dir is None else checkpoint_dir
+        with tempfile.TemporaryDirectory(prefix="hist2st-") as tmp, seeded(seed):
             history_path = str(Path(tmp) / "history.json")
             kwargs = {
                 "max_epochs": self.training.max_epochs,
@@ -159,14 +202,18 @@ class Hist2ST:
                 "gradient_clip_val": self.training.gradient_clip,
                 "enable_progress_bar": show_progress_bar,
                 "enable_model_summary": False,
-                "enable_checkpointing": False,
                 "logger": False,
                 "num_sanity_val_steps": 0,
                 "default_root_dir": tmp,
                 "log_every_n_steps": 1,
             }
             extra = dict(trainer_kwargs or {})
-            kwargs["callbacks"] = self._callbacks() + list(extra.pop("callbacks", None) or [])
+            callbacks = self._callbacks() + list(extra.pop("callbacks", None) or [])
+            if checkpoint_dir is not None:
+                callbacks.append(last_checkpoint(checkpoint_dir))
+            callbacks.append(CheckpointRecord({"genes": self.genes, "preset": self.preset}))
+            kwargs["callbacks"] = callbacks
+            kwargs["enable_checkpointing"] = any(type(c).__name__ == "ModelCheckpoint" for c in callbacks)
             kwargs.update(extra)
             trainer = L.Trainer(**kwargs)
             if self.training.step_in_backward:
@@ -180,12 +227,15 @@ class Hist2ST:
                 "layout": layout,
                 "image": image,
                 "crop_size": crop_size,
-                "n_pos": self.architecture.n_pos,
+                "n_pos": self.architecture.n_pos if self.architecture.position_embedding else None,
+                "normalize_over": normalize_over,
                 "show_progress_bar": show_progress_bar,
             }
-            train = prepare_sections(adata, image_key, libraries=train_libs, **common)
-            val = prepare_sections(adata, image_key, libraries=val_libs, **common) if val_libs else []
-            self.preprocessing = {
+            sections = prepare_sections(adata, image_key, libraries=train_libs + val_libs, **common)
+            train = [s for s in sections if s.library_id in train_libs]
+            val = [s for s in sections if s.library_id in val_libs]
+            check_targets_vary(train, self.genes)
+            preprocessing = {
                 "image_key": image_key,
                 "crop_size": None if crop_size is None else float(crop_size),
                 "layer": layer,
@@ -193,43 +243,70 @@ class Hist2ST:
                 "spatial_key": spatial_key,
                 "connectivity_key": connectivity_key,
                 "layout": layout,
+                "normalize_over": normalize_over,
                 "train_libraries": train_libs,
                 "validation_libraries": val_libs,
             }
+            dataset = SectionDataset(train, self.training.crops_per_section)
             loader = torch.utils.data.DataLoader(
-                SectionDataset(train, self.training.crops_per_section),
-                batch_size=None,
-                shuffle=True,
-                collate_fn=_identity,
+                dataset, batch_size=None, sampler=EpochShuffle(len(dataset), seed), collate_fn=_identity
             )
             val_loader = (
                 torch.utils.data.DataLoader(SectionDataset(val), batch_size=None, collate_fn=_identity) if val else None
             )
             # trains self.module in place: a second copy of the weights would cost 0.3 GB at the paper's size
-            plan = Hist2STPlan(self.architecture.to_dict(), self.training.to_dict(), history_path, net=self.module)
-            if not self.is_trained:
-                plan.set_gene_statistics(*target_statistics(train))
-            with warnings.catch_warnings():
+            plan = Hist2STPlan(
+                self.architecture.to_dict(), self.training.to_dict(), history_path, net=self.module, seed=seed
+            )
+            plan.set_gene_statistics(*target_statistics(train), init_bias=not self.is_trained)
+            # Lightning keeps the modules' train/eval mode as it finds it, and prediction leaves them in eval mode
+            self.module.train()
+            # a re-fit that fails must not leave half-updated weights on a model marked trained
+            previous = {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
+            with warnings.catch_warnings(), keep_sigint_handler():
                 warnings.filterwarnings("ignore", ".*does not have many workers.*")
                 warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
                 warnings.filterwarnings("ignore", ".*defined a `validation_step` but have no `val_dataloader`.*")
                 # Lightning's own use of torch's pytree module; nothing the caller can act on
                 warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)", FutureWarning)
+                if ckpt_path is not None:  # the folder holds the checkpoint resumed from, to be replaced
+                    warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
                 try:
-                    trainer.fit(plan, loader, val_loader)
+                    trainer.fit(plan, loader, val_loader, ckpt_path=None if ckpt_path is None else str(ckpt_path))
+                except BaseException as err:
+                    self._restore_after_failure(previous, plan.history, checkpoint_dir)
+                    if isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt):
+                        # Lightning turns Ctrl-C into sys.exit(1), which would end a notebook's kernel
+                        raise KeyboardInterrupt("training interrupted") from None
+                    raise
                 finally:
                     plan.remove_step_hooks()
             history = json.loads(Path(history_path).read_text()) if Path(history_path).exists() else plan.history
         # the optimiser's state (twice the weights) and the gradients go now, not at some later collection
-        del trainer, plan
+        del trainer, plan, previous
         gc.collect()
+        self._release_training_state()
+        self.preprocessing = preprocessing
+        # a resumed fit's history starts with the epochs the checkpoint recorded
+        self.history = pd.concat([self.history, pd.DataFrame(history)], ignore_index=True)
+        self.is_trained = True
+        return self
+
+    def _release_training_state(self) -> None:
         self.module.zero_grad(set_to_none=True)
         self.module.gradient_checkpointing = False
         self.module.cpu()
-        previous = self.history
-        self.history = pd.concat([previous, pd.DataFrame(history)], ignore_index=True)
-        self.is_trained = True
-        return self
+
+    def _restore_after_failure(self, previous: dict, history: list, checkpoint_dir: str | Path | None) -> None:
+        """Put back the weights from before a failed or interrupted fit, and say what the model now holds."""
+        self.module.load_state_dict(previous)
+        self._release_training_state()
+        where = f" The last completed epoch is in {checkpoint_dir}; resume with `resume=`." if checkpoint_dir else ""
+        if self.is_trained:
+            state = f"it keeps its previous weights and history ({len(self.history)} epochs)"
+        else:
+            state = "it stays untrained"
+        logger.warning("Training stopped after %d epoch(s); %s.%s", len(history), state, where)
 
     def _callbacks(self) -> list:
         """Lightning callbacks the training settings ask for."""
@@ -288,7 +365,7 @@ class Hist2ST:
             layout=self.preprocessing.get("layout", "auto"),
             image=image,
             crop_size=crop_size,
-            n_pos=self.architecture.n_pos,
+            n_pos=self.architecture.n_pos if self.architecture.position_embedding else None,
             show_progress_bar=show_progress_bar,
         )
         device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -327,7 +404,6 @@ class Hist2ST:
 
         return {
             "class": type(self).__name__,
-            "format_version": FORMAT_VERSION,
             "package_version": __version__,
             "preset": self.preset,
             "genes": self.genes,
@@ -339,37 +415,52 @@ class Hist2ST:
         }
 
     def save(self, path: str | Path, overwrite: bool = False) -> None:
-        """Write ``config.json`` and the weights (``model.pt``, a plain state dict) into the folder ``path``."""
-        path = Path(path)
-        if path.exists() and any(path.iterdir()) and not overwrite:
-            raise FileExistsError(f"{path} exists and is not empty; pass `overwrite=True` to replace it.")
-        path.mkdir(parents=True, exist_ok=True)
-        (path / CONFIG_FILE).write_text(json.dumps(self.config(), indent=1))
-        torch.save(self.module.state_dict(), path / WEIGHTS_FILE)
+        """Write the model into the folder ``path``: ``config.json`` and the weights (``model.pt``, a state dict).
+
+        The folder is written whole or not at all (a failure or Ctrl-C part-way leaves the previous model in
+        place), and ``config.json`` records the SHA-256 of the weights, which :meth:`load` verifies.
+        ``overwrite=True`` replaces an existing model folder.
+        """
+        write_model_folder(path, self.config(), self.module.state_dict(), overwrite=overwrite)
         logger.info("saved the model to %s", path)
 
     @classmethod
     def load(cls, path: str | Path) -> Hist2ST:
-        """Rebuild a model saved with :meth:`save` (weights loaded with ``weights_only=True``)."""
+        """Rebuild a model saved with :meth:`save`.
+
+        The weights are read with ``weights_only=True`` after their checksum is verified, and every field of
+        ``config.json`` is checked; a damaged folder gives an error that names the file or field.
+        """
         path = Path(path)
-        if not (path / CONFIG_FILE).exists():
-            raise FileNotFoundError(f"{path / CONFIG_FILE} not found; is {path} a folder written by `model.save`?")
-        config = json.loads((path / CONFIG_FILE).read_text())
-        if config.get("class") != cls.__name__ or config.get("format_version", 0) > FORMAT_VERSION:
+        config, state = read_model_folder(path, cls.__name__)
+        where = f"{path / CONFIG_FILE}"
+        for name, kind in (("genes", list), ("architecture", dict), ("training", dict), ("preprocessing", dict)):
+            if not isinstance(config.get(name), kind):
+                raise ValueError(f"{where}: field {name!r} must be a {kind.__name__}, got {config.get(name)!r}.")
+        genes = config["genes"]
+        if not genes or not all(isinstance(g, str) for g in genes) or len(set(genes)) != len(genes):
+            raise ValueError(f"{where}: field 'genes' must be a non-empty list of distinct gene names.")
+        check_fields(Architecture, config["architecture"], f"{where}: architecture")
+        check_fields(Training, config["training"], f"{where}: training")
+        if config["architecture"]["n_genes"] != len(genes):
             raise ValueError(
-                f"{path} holds a {config.get('class')} in format {config.get('format_version')}; this version "
-                f"reads {cls.__name__} up to format {FORMAT_VERSION}."
+                f"{where}: architecture.n_genes is {config['architecture']['n_genes']} but 'genes' lists "
+                f"{len(genes)}; the folder mixes two models."
             )
+        if not isinstance(config.get("is_trained"), bool):
+            raise ValueError(f"{where}: field 'is_trained' must be true or false, got {config.get('is_trained')!r}.")
+        if not isinstance(config.get("history", []), list):
+            raise ValueError(f"{where}: field 'history' must be a list of per-epoch records.")
         model = cls.__new__(cls)
-        model.genes = list(config["genes"])
-        model.preset = config.get("preset", "paper")
+        model.genes = list(genes)
+        model.preset = str(config.get("preset", "paper"))
         model.architecture = Architecture(**config["architecture"])
         model.training = Training(**config["training"])
         model.preprocessing = dict(config["preprocessing"])
         model.history = pd.DataFrame(config.get("history", []))
-        model.is_trained = bool(config["is_trained"])
+        model.is_trained = config["is_trained"]
         model.module = Hist2STModule(model.architecture)
-        model.module.load_state_dict(torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+        check_state_dict(model.module.load_state_dict, state, path)
         return model
 
     @property

@@ -94,6 +94,29 @@ class Architecture:
     section_norm: bool = False
     section_batchnorm: bool = False
 
+    def __post_init__(self) -> None:
+        for name in ("n_genes", "fig_size", "patch_size", "channel", "kernel_size", "heads", "dim_head", "n_pos"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
+        for name in ("depth1", "depth2", "depth3"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be non-negative, got {getattr(self, name)}.")
+        if self.patch_size > self.fig_size:
+            raise ValueError(f"`patch_size` ({self.patch_size}) must not exceed `fig_size` ({self.fig_size}).")
+        for name in ("dropout", "attn_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"`{name}` must be in [0, 1), got {value}.")
+        if self.policy not in ("mean", "max"):
+            raise ValueError(f"`policy` must be 'mean' or 'max', got {self.policy!r}.")
+        if not self.pixel_scale > 0:
+            raise ValueError(f"`pixel_scale` must be positive, got {self.pixel_scale}.")
+        if self.dim < 1:
+            raise ValueError(
+                f"`fig_size={self.fig_size}`, `patch_size={self.patch_size}` and `channel={self.channel}` give a "
+                "token of width 0; raise `channel` or lower `patch_size`."
+            )
+
     @property
     def dim(self) -> int:
         """Size of a spot's token and representation."""

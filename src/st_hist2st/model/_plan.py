@@ -39,6 +39,11 @@ def pearson_per_gene(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(denom > 0, r, torch.full_like(r, float("nan")))
 
 
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """Seed of the random draws of one training step: a function of the fit's seed, the step and the process."""
+    return (seed * 1_000_003 + step * 7_919 + rank) % (2**63 - 1)
+
+
 def check_step_in_backward(trainer: L.Trainer) -> None:
     """Refuse ``step_in_backward=True`` with several processes or with a gradient scaler (fp16)."""
     if trainer.world_size > 1:
@@ -71,6 +76,9 @@ class Hist2STPlan(L.LightningModule):
     net
         The network to train in place; a new one is built from ``architecture`` when ``None``. Passing the
         caller's network saves holding a second copy of the weights.
+    seed
+        Seed of the random draws (augmentations, dropout, windows): each step reseeds from it and the step
+        number, so a fit resumed from a checkpoint continues exactly.
     """
 
     def __init__(
@@ -79,6 +87,7 @@ class Hist2STPlan(L.LightningModule):
         training: dict,
         history_path: str | None = None,
         net: Hist2STModule | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
@@ -86,6 +95,7 @@ class Hist2STPlan(L.LightningModule):
             raise ValueError(f"`net` was built with {net.arch}, not with `architecture` {architecture}.")
         self.net = Hist2STModule(Architecture(**architecture)) if net is None else net
         self.settings = Training(**training)
+        self.seed = int(seed)
         self.net.gradient_checkpointing = self.settings.gradient_checkpointing
         self.history: list[dict] = []
         self.history_path = history_path
@@ -97,9 +107,13 @@ class Hist2STPlan(L.LightningModule):
         self.automatic_optimization = not self.settings.step_in_backward
         self._step_hooks: list = []
 
-    def set_gene_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
-        """Use the training targets' per-gene ``mean`` and ``var`` as the settings say (output bias, gene weights)."""
-        if self.settings.init_output_bias:
+    def set_gene_statistics(self, mean: torch.Tensor, var: torch.Tensor, *, init_bias: bool = True) -> None:
+        """Use the training targets' per-gene ``mean`` and ``var`` as the settings say (output bias, gene weights).
+
+        ``init_bias=False`` keeps the expression head's bias (a re-fit continues from trained weights); the
+        gene weights of ``standardize_genes`` are set either way, since they are not saved with the weights.
+        """
+        if self.settings.init_output_bias and init_bias:
             with torch.no_grad():
                 self.net.gene_head.linear.bias.copy_(mean)
         if self.settings.standardize_genes:
@@ -221,6 +235,18 @@ class Hist2STPlan(L.LightningModule):
             self.lr_schedulers().step()
         if self.history_path is not None and self.global_rank == 0:
             Path(self.history_path).write_text(json.dumps(self.history))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning keeps weights, optimiser, schedule and loop counters; these make a resumed fit continue exactly
+        checkpoint["hist2st_history"] = list(self.history)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("hist2st_history", []))
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # each step draws its augmentations and dropout from a seed of its own, so a fit resumed from a
+        # checkpoint makes exactly the draws of an uninterrupted one
+        torch.manual_seed(step_seed(self.seed, self.global_step, self.global_rank))
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from anndata import AnnData
@@ -9,7 +10,7 @@ from anndata import AnnData
 from st_hist2st._constants import Key
 from st_hist2st._data._graph import grid_positions
 from st_hist2st._model import Hist2ST
-from st_hist2st._utils import check_adata, get_libraries, resolve_genes
+from st_hist2st._utils import check_adata, check_var_names, get_libraries, resolve_genes
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ def fit(
     image: Any = None,
     crop_size: float | None = None,
     layout: str = "auto",
+    normalize_over: str = "genes",
     preset: str = "paper",
     max_epochs: int | None = None,
     accelerator: str = "auto",
@@ -35,6 +37,8 @@ def fit(
     num_nodes: int = 1,
     precision: str | int = "32-true",
     seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    resume: str | Path | None = None,
     show_progress_bar: bool = True,
     trainer_kwargs: dict[str, Any] | None = None,
     **settings: Any,
@@ -72,6 +76,10 @@ def fit(
         ``scalefactors['spot_diameter_fullres']``. The paper uses 112 on her2st.
     layout
         Spot array for a graph built here: ``'st'``, ``'visium'`` or ``'auto'``.
+    normalize_over
+        Each spot's counts are divided by its total over the model's ``'genes'`` (the paper's targets) or over
+        ``'all'`` genes of ``adata`` before ``log10(1 + 1e4 * x)``. With one gene, or a few, ``'genes'`` makes
+        every target alike; ``fit`` refuses targets that are constant everywhere.
     preset
         ``'paper'``: the published training (Adam 1e-5, x0.9 every 50 epochs, 350 epochs, raw pixel values).
         ``'fast'``: the paper's network without the grid-position embedding, with each section's colours
@@ -89,6 +97,14 @@ def fit(
         Lightning precision, e.g. ``'bf16-mixed'`` for bfloat16 autocast on CPU or GPU.
     seed
         Seed of the initial weights, the augmentations and the order of sections.
+    checkpoint_dir
+        Folder where the whole training state (weights, optimiser, schedule, epoch, random generators,
+        history) is written after every epoch, as ``last.ckpt``; a fit stopped early continues from it with
+        ``resume``.
+    resume
+        A ``checkpoint_dir`` (or a ``.ckpt`` file in one) of an earlier fit with the same data and settings:
+        training continues from its last completed epoch and ends with the weights an uninterrupted fit with the
+        same ``seed`` would give (on the CPU; see :doc:`/reproducibility`).
     show_progress_bar
         Show progress bars.
     trainer_kwargs
@@ -103,6 +119,7 @@ def fit(
     The trained :class:`~st_hist2st.Hist2ST`.
     """
     check_adata(adata)
+    check_var_names(adata)
     genes = resolve_genes(adata, genes)
     if "n_pos" not in settings:
         max_pos = int(grid_positions(adata, spatial_key, get_libraries(adata, library_key)).max())
@@ -120,6 +137,7 @@ def fit(
         image=image,
         crop_size=crop_size,
         layout=layout,
+        normalize_over=normalize_over,
         max_epochs=max_epochs,
         accelerator=accelerator,
         devices=devices,
@@ -127,6 +145,8 @@ def fit(
         num_nodes=num_nodes,
         precision=precision,
         seed=seed,
+        checkpoint_dir=checkpoint_dir,
+        ckpt_path=resume,
         show_progress_bar=show_progress_bar,
         trainer_kwargs=trainer_kwargs,
     )

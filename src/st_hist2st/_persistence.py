@@ -1,0 +1,202 @@
+"""Model folders on disk: written atomically, read back only when every byte and field checks out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import types
+import typing
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+#: Version of the folder layout; 2 added the weights' checksum.
+FORMAT_VERSION = 2
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.pt"
+
+
+def sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def write_model_folder(
+    path: str | os.PathLike, config: dict[str, Any], state_dict: dict[str, torch.Tensor], *, overwrite: bool
+) -> Path:
+    """Write ``config.json`` and the weights into ``path``, all or nothing.
+
+    Everything is written into a hidden folder beside ``path`` and renamed into place only once complete, so an
+    error or Ctrl-C part-way leaves the previous model (or no folder), never new settings beside old weights.
+    The weights' SHA-256 goes into the config. An existing folder is replaced only with ``overwrite=True``, and
+    only when it is empty or holds a model (a ``config.json``): the folder is replaced whole.
+    """
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise FileExistsError(f"{path} exists and is not a folder; choose another path for the model.")
+        if any(path.iterdir()):
+            if not overwrite:
+                raise FileExistsError(f"{path} exists and is not empty; pass `overwrite=True` to replace it.")
+            if not (path / CONFIG_FILE).exists():
+                raise FileExistsError(
+                    f"{path} holds files but no model ({CONFIG_FILE} is missing); `overwrite=True` replaces only a "
+                    "model folder, since the whole folder is replaced. Choose another path."
+                )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        weights = tmp / WEIGHTS_FILE
+        torch.save(state_dict, weights)
+        _fsync(weights)
+        config = {**config, "format_version": FORMAT_VERSION}
+        config["weights"] = {"file": WEIGHTS_FILE, "sha256": sha256(weights), "bytes": weights.stat().st_size}
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+        _fsync(tmp / CONFIG_FILE)
+        _swap_into_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``path``, moving an existing ``path`` aside until it has."""
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_model_folder(path: str | os.PathLike, class_name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Config and weights of a model folder, after checking the weights' checksum and the config's layout."""
+    path = Path(path)
+    config_path = path / CONFIG_FILE
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found; is {path} a folder written by `model.save`?")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_path} is not valid JSON ({err}); the model folder is damaged.") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} must hold a JSON object, got {type(config).__name__}.")
+    version = config.get("format_version", 0)
+    if config.get("class") != class_name or not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} holds a {config.get('class')} in format {version}; this version reads {class_name} up to "
+            f"format {FORMAT_VERSION}."
+        )
+    weights = path / WEIGHTS_FILE
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights} not found; the model folder {path} is incomplete.")
+    record = config.get("weights")
+    if version >= 2:
+        if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+            raise ValueError(f"{config_path}: field 'weights' must record the 'sha256' of {WEIGHTS_FILE}.")
+        size = weights.stat().st_size
+        if isinstance(record.get("bytes"), int) and size != record["bytes"]:
+            raise ValueError(
+                f"{weights} has {size} bytes but {record['bytes']} were written: the file is truncated or was "
+                "replaced. Save the model again or restore the folder from a copy."
+            )
+        if sha256(weights) != record["sha256"]:
+            raise ValueError(
+                f"{weights} does not match the SHA-256 checksum in {CONFIG_FILE}: the weights are corrupted or "
+                "belong to another model. Save the model again or restore the folder from a copy."
+            )
+    else:
+        warnings.warn(
+            f"{path} was saved in format {version}, without a checksum of its weights; they are loaded unverified. "
+            "Save the model again to add one.",
+            UserWarning,
+            stacklevel=3,
+        )
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the file is not a state dict
+        raise ValueError(f"{weights} cannot be read as torch weights ({type(err).__name__}: {err}).") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{weights} holds a {type(state).__name__}, not a state dict of weights.")
+    return config, state
+
+
+def check_fields(cls: type, values: Any, where: str) -> dict[str, Any]:
+    """Check ``values`` against the fields of the dataclass ``cls``: known names, JSON types, then its own checks.
+
+    Returns the values; errors name ``where`` (e.g. ``'config.json: architecture'``) and the field.
+    """
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be an object of settings, got {type(values).__name__}.")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{where} has unknown field(s) {unknown}; {cls.__name__} has {sorted(known)}.")
+    missing = [name for name, f in known.items() if name not in values and f.default is MISSING]
+    if missing:
+        raise ValueError(f"{where} lacks the required field(s) {missing}.")
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        allowed = _json_types(hints[name])
+        if not _is_instance(value, allowed):
+            names = " or ".join(sorted(t.__name__ if t is not type(None) else "null" for t in allowed))
+            raise ValueError(f"{where}.{name} must be {names}, got {value!r}.")
+    try:
+        cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
+    return values
+
+
+def _json_types(hint: Any) -> tuple[type, ...]:
+    """The Python types a JSON value may have for a field annotated ``hint``."""
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) else (hint,)
+    out: list[type] = []
+    for arg in args:
+        out.extend((int, float) if arg is float else (arg,))
+    return tuple(out)
+
+
+def _is_instance(value: Any, allowed: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # a bool is an int to Python, not to a config
+        return bool in allowed
+    return isinstance(value, allowed)
+
+
+def check_state_dict(
+    load: Callable[[dict[str, torch.Tensor]], Any], state: dict[str, torch.Tensor], path: Path
+) -> None:
+    """Load ``state`` with ``load`` (a strict ``load_state_dict``), turning a mismatch into one clear error."""
+    try:
+        load(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[:4]
+        raise ValueError(
+            f"The weights in {path / WEIGHTS_FILE} do not fit the network described by {path / CONFIG_FILE}: "
+            + " ".join(line.strip() for line in first)
+        ) from None

@@ -1,0 +1,124 @@
+"""Around a Lightning training run: seeding, checkpoints to resume from, Ctrl-C, checks on the targets."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+logger = logging.getLogger(__name__)
+
+#: File name of the checkpoint that ``checkpoint_dir`` keeps (the last completed epoch).
+LAST_CHECKPOINT = "last.ckpt"
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's generators for the block and restore the caller's states after it, CUDA's included."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def keep_sigint_handler() -> Iterator[None]:
+    """Put back the Ctrl-C handler that Lightning replaces (with 'ignore') when it catches a KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+
+
+def last_checkpoint(checkpoint_dir: str | Path) -> L.Callback:
+    """A checkpoint of the whole training state written to ``checkpoint_dir/last.ckpt`` after every epoch."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint(
+        dirpath=str(checkpoint_dir),
+        filename=Path(LAST_CHECKPOINT).stem,
+        save_top_k=1,
+        save_on_train_epoch_end=True,  # after the epoch's history row exists
+        enable_version_counter=False,
+    )
+
+
+class CheckpointRecord(L.Callback):
+    """Writes what the checkpoint belongs to (genes, preset) into it, for the checks of a resumed fit."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint["st_hist2st"] = self.record
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """A checkpoint file, or ``last.ckpt`` in a checkpoint folder; an error naming the path when absent."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LAST_CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No checkpoint at {path}. Pass a `.ckpt` file or the `checkpoint_dir` of an earlier fit, which holds "
+            f"{LAST_CHECKPOINT} once an epoch has completed."
+        )
+    return path
+
+
+def check_checkpoint(path: Path, genes: Sequence[str], architecture: Any) -> None:
+    """Refuse, before any long work, a checkpoint of another network or gene set than the model's."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - a checkpoint that does not unpickle is damaged or not one
+        raise ValueError(f"{path} cannot be read as a Lightning checkpoint ({type(err).__name__}: {err}).") from None
+    record = checkpoint.get("st_hist2st", {}) if isinstance(checkpoint, dict) else {}
+    saved = checkpoint.get("hyper_parameters", {}).get("architecture") if isinstance(checkpoint, dict) else None
+    if saved is None or "genes" not in record:
+        raise ValueError(f"{path} is not a checkpoint written by st-hist2st's `fit(checkpoint_dir=...)`.")
+    if list(record["genes"]) != list(genes):
+        raise ValueError(
+            f"{path} was trained on {len(record['genes'])} genes, not the {len(genes)} requested (or in another "
+            "order); resume with the genes of the original fit."
+        )
+    differ = sorted(k for k, v in architecture.to_dict().items() if saved.get(k) != v)
+    if differ:
+        raise ValueError(
+            f"{path} holds a network with other settings than this model's: "
+            + ", ".join(f"{k}={saved.get(k)!r} (here {getattr(architecture, k)!r})" for k in differ)
+            + "; resume with the preset and settings of the original fit."
+        )
+
+
+def check_targets_vary(sections: Sequence[Any], genes: Sequence[str]) -> None:
+    """Refuse targets constant over all training spots, and warn about genes that are."""
+    targets = torch.cat([s.targets for s in sections])
+    constant = (targets.amax(0) == targets.amin(0)).numpy()
+    if constant.all():
+        raise ValueError(
+            f"Every one of the {len(genes)} genes has the same target at every training spot, so there is nothing "
+            "to learn. Targets are normalised by each spot's total over the model's genes, which makes them "
+            "constant for a single gene; pass more genes, or `normalize_over='all'` to normalise by each spot's "
+            "total over all genes of `adata`."
+        )
+    if constant.any():
+        names = [g for g, c in zip(genes, constant, strict=True) if c]
+        warnings.warn(
+            f"{len(names)} of {len(genes)} genes have the same target at every training spot (e.g. {names[:5]}), "
+            "so their predictions cannot be learned; leave them out of `genes`.",
+            UserWarning,
+            stacklevel=4,
+        )
