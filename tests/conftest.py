@@ -66,6 +66,7 @@ def squidpy_graph():
     """The Hist2ST spot graph as squidpy computes it, to check :func:`~st_hist2st.pp.spatial_graph` against.
 
     ST: the 4 nearest spots on the grid, kept within grid distance 2; Visium: squidpy's 6-neighbour grid graph.
+    Computed on the rows sorted by grid position and returned in the order of ``adata``'s rows.
     """
     import squidpy as sq
     from anndata import AnnData
@@ -73,6 +74,12 @@ def squidpy_graph():
     from st_hist2st._data._graph import grid_positions
 
     def build(adata, layout):
+        # squidpy breaks ties between equally distant spots by row order; st-hist2st by grid position (row, then
+        # column), whatever the row order: give squidpy the rows in that order and put its graph back in ours
+        positions, xy = grid_positions(adata), np.asarray(adata.obsm["spatial"])
+        order = np.lexsort((xy[:, 1], xy[:, 0], positions[:, 0], positions[:, 1]))
+        inverse = np.argsort(order)
+        adata = adata[order]
         scratch = AnnData(obs=adata.obs[["library_id"]].copy())
         if layout == "visium":
             scratch.obsm["spatial"] = adata.obsm["spatial"]
@@ -87,7 +94,7 @@ def squidpy_graph():
             conn = scratch.obsp["spatial_connectivities"].tocsr().multiply(near).tocsr()
         conn.setdiag(0)
         conn.eliminate_zeros()
-        return conn
+        return conn[inverse][:, inverse].tocsr()
 
     return build
 

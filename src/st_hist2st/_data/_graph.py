@@ -70,6 +70,9 @@ def build_connectivities(
 ) -> sparse.csr_matrix:
     """Build the spot graph by the rules of :func:`squidpy.gr.spatial_neighbors`, per library.
 
+    Spots are queried in the order of their grid position (row, then column), so that ties between equally
+    distant spots are broken alike whatever the order of ``adata``'s rows.
+
     Legacy ST (the paper's rule): the 4 nearest spots in grid coordinates (squidpy's generic k-nearest-neighbour
     graph), kept when at most 2 grid units away, no self-loops. Visium: the 6 hexagonal neighbours (squidpy's grid
     graph: the 6 nearest spots closer than 1.3 times the median of those distances). The same
@@ -93,6 +96,9 @@ def build_connectivities(
     rows, cols = [], []
     for code in np.unique(codes):
         idx = np.flatnonzero(codes == code)
+        # the neighbour queries break ties (spots equally far, at array borders) by input order: query the spots in
+        # the order of their grid position, so that the graph does not depend on the order of adata's rows
+        idx = idx[np.lexsort((coords[idx, 1], coords[idx, 0], positions[idx, 0], positions[idx, 1]))]
         xy = coords[idx]
         k = VISIUM_NEIGHBOURS if layout == "visium" else max(1, min(ST_NEIGHBOURS, len(idx) - 1))
         source, target = _nearest(xy, k)
