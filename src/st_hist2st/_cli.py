@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -10,9 +11,12 @@ import time
 from pathlib import Path
 
 from st_hist2st._constants import DATA_ENV, HER2ST_CROP_SIZE
+from st_hist2st.model._training import PRESETS, check_settings
 
 logger = logging.getLogger("st_hist2st")
 
+#: Suffixes ``hist2st predict --output`` writes: HDF5 or zarr AnnData.
+OUTPUT_SUFFIXES = (".h5ad", ".zarr")
 #: A reduced architecture that trains in minutes on a laptop CPU; the demo says that it uses it.
 DEMO_ARCHITECTURE = {"depth2": 2, "depth3": 2}
 
@@ -87,10 +91,15 @@ def demo(args: argparse.Namespace) -> int:
 
 def fit(args: argparse.Namespace) -> int:
     """Train on an .h5ad file or SpatialData zarr store and save the model."""
+    check_model_folder(Path(args.model), overwrite=args.overwrite)
+    settings = parse_settings(args.set)
+    if args.reduced:
+        settings = {**DEMO_ARCHITECTURE, **settings}
+    check_settings(settings)
+    adata, image = _read(args.input, args.table)
     import st_hist2st as hist2st
 
-    adata, image = _read(args.input, args.table)
-    genes = Path(args.genes).read_text().split() if args.genes else None
+    genes = _read_text(args.genes).split() if args.genes else None
     model = hist2st.tl.fit(
         adata,
         args.image_key,
@@ -104,6 +113,9 @@ def fit(args: argparse.Namespace) -> int:
         accelerator=args.accelerator,
         devices=args.devices,
         precision=args.precision,
+        checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume,
+        **settings,
     )
     model.save(args.model, overwrite=args.overwrite)
     print(f"saved {model} to {args.model}")
@@ -111,29 +123,96 @@ def fit(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    """Predict with a saved model and write an .h5ad file."""
+    """Predict with a saved model and write an .h5ad file or an AnnData .zarr store."""
+    output = check_output(Path(args.output), overwrite=args.overwrite)
+    for folder in args.model:
+        if not (Path(folder) / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{folder} is not a model folder (no config.json); pass a folder from `hist2st fit`."
+            )
+    adata, image = _read(args.input, args.table)
     import st_hist2st as hist2st
 
-    adata, image = _read(args.input, args.table)
     result = hist2st.tl.predict(
         adata, args.model, args.image_key, image=image, test_time_augmentation=args.test_time_augmentation, copy=True
     )
-    result = adata if result is None else result
-    result.write_h5ad(args.output)
+    if output.suffix == ".zarr":
+        result.write_zarr(output)
+    else:
+        result.write_h5ad(output)
     averaged = f", the average of {len(args.model)} models" if len(args.model) > 1 else ""
-    print(f"wrote predictions to {args.output} (layers['hist2st']{averaged})")
+    print(f"wrote predictions to {output} (layers['hist2st']{averaged})")
     return 0
 
 
+def check_model_folder(path: Path, *, overwrite: bool) -> None:
+    """Refuse, before any training, a model folder that ``save`` would refuse or could not write."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"--model {path} exists and is not a folder.")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"--model {path} exists and is not empty; pass --overwrite to replace it.")
+        if not (path / "config.json").exists():
+            raise FileExistsError(f"--model {path} holds files but no model; --overwrite replaces only a model folder.")
+    _check_writable(path.parent, "--model")
+
+
+def check_output(path: Path, *, overwrite: bool) -> Path:
+    """The ``--output`` path, checked before any prediction: a known suffix, writable, not silently replaced."""
+    if path.suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(
+            f"--output {path} must end in {' or '.join(OUTPUT_SUFFIXES)} (HDF5 or zarr AnnData), got "
+            f"{path.suffix or 'no suffix'!r}."
+        )
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"--output {path} exists; pass --overwrite to replace it.")
+    _check_writable(path.parent, "--output")
+    return path
+
+
+def _check_writable(folder: Path, argument: str) -> None:
+    folder = folder if str(folder) else Path(".")
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{argument}: cannot write into {existing}; choose a writable folder.")
+
+
+def parse_settings(pairs: list[str] | None) -> dict[str, object]:
+    """``KEY=VALUE`` pairs of ``--set`` as settings; values are read as JSON (numbers, true/false, null)."""
+    settings: dict[str, object] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE (e.g. --set depth2=4), got {pair!r}.")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value  # a word, e.g. schedule=cosine
+    return settings
+
+
+def _read_text(path: str) -> str:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist.")
+    return Path(path).read_text()
+
+
 def _read(path: str, table: str):
+    if not Path(path).exists():
+        raise FileNotFoundError(f"input {path} does not exist.")
     if path.endswith(".h5ad"):
         import anndata as ad
 
-        return ad.read_h5ad(path), None
+        try:
+            return ad.read_h5ad(path), None
+        except OSError as err:
+            raise ValueError(f"input {path} cannot be read as an .h5ad file ({err}).") from None
     if path.rstrip("/").endswith(".zarr"):
         import spatialdata as sd
 
         sdata = sd.read_zarr(path)
+        if table not in sdata.tables:
+            raise KeyError(f"{path} has no table {table!r}; pass --table with one of {list(sdata.tables)}.")
         return sdata.tables[table], sdata
     raise ValueError(f"Input must be an .h5ad file or a SpatialData .zarr store, got {path}.")
 
@@ -159,7 +238,20 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--seed", type=int, default=0, help="seed of the weights, augmentations and order")
             p.add_argument("--genes", help="file with one gene per line")
             p.add_argument("--crop-size", type=float)
-            p.add_argument("--preset", default="paper")
+            p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="named settings")
+            p.add_argument(
+                "--reduced",
+                action="store_true",
+                help=f"the demo's smaller network {DEMO_ARCHITECTURE}, which trains in minutes on a CPU",
+            )
+            p.add_argument(
+                "--set",
+                action="append",
+                metavar="KEY=VALUE",
+                help="an Architecture or Training setting, e.g. --set depth2=4 --set learning_rate=3e-4",
+            )
+            p.add_argument("--checkpoint-dir", help="write the training state here after every epoch")
+            p.add_argument("--resume", help="continue the fit saved in this checkpoint folder or .ckpt file")
             p.add_argument("--epochs", type=int)
             p.add_argument("--validation", nargs="*")
             p.add_argument("--accelerator", default="auto")
@@ -168,14 +260,20 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--overwrite", action="store_true")
         else:
             p.add_argument("--model", required=True, nargs="+", help="model folder; several are averaged")
-            p.add_argument("--output", required=True, help=".h5ad file to write")
+            p.add_argument("--output", required=True, help=".h5ad file or .zarr store to write")
+            p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
             p.add_argument(
                 "--test-time-augmentation", action="store_true", help="average over the 8 rotations and mirrors"
             )
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, FileExistsError, PermissionError, KeyError, TypeError, ValueError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"hist2st {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
