@@ -232,67 +232,10 @@ def test_sections_carry_targets_for_the_chosen_genes(adata):
     assert s0.edge_index.shape[0] == 2 and s0.edge_index.max() < s0.n_spots
 
 
-# ----------------------------------------------------------------------------- bad input
+# ----------------------------------------------------------------------------- counts
 def _prepare(adata, **kwargs):
     kwargs.setdefault("genes", list(adata.var_names))
     return prepare_sections(adata, kwargs.pop("image_key", "hires"), show_progress_bar=False, **kwargs)
-
-
-def test_missing_spatial_coordinates(adata):
-    del adata.obsm["spatial"]
-    with pytest.raises(KeyError, match=r"obsm\['spatial'\]"):
-        _prepare(adata)
-
-
-def test_unknown_image_key(adata):
-    with pytest.raises(KeyError, match="Unknown `image_key='lowres'`"):
-        _prepare(adata, image_key="lowres")
-
-
-def test_unknown_library(adata):
-    adata.obs["library_id"] = adata.obs["library_id"].cat.rename_categories({"S1": "other"})
-    with pytest.raises(KeyError, match="Library 'other' has no entry"):
-        _prepare(adata)
-    with pytest.raises(ValueError, match="unknown libraries"):
-        _prepare(adata, libraries=["nope"])
-
-
-def test_missing_scale_factor(adata):
-    del adata.uns["spatial"]["S0"]["scalefactors"]["tissue_hires_scalef"]
-    with pytest.raises(KeyError, match="tissue_hires_scalef"):
-        _prepare(adata)
-
-
-def test_spots_outside_the_image(adata):
-    adata.obsm["spatial"][3] = [1e6, 5.0]
-    with pytest.raises(ValueError, match="outside"):
-        _prepare(adata)
-
-
-@pytest.mark.parametrize(("value", "match"), [(np.nan, "NaN"), (-1.0, "negative"), (0.5, "non-integer")])
-def test_bad_counts(adata, value, match):
-    x = adata.X.toarray()
-    x[0, 0] = value
-    adata.X = x
-    with pytest.raises(ValueError, match=match):
-        _prepare(adata)
-
-
-def test_missing_genes(adata):
-    with pytest.raises(KeyError, match="not in `adata.var_names`"):
-        hist2st.tl.fit(adata, "hires", genes=["gene0", "NOTAGENE"], max_epochs=1)
-
-
-def test_no_spots(adata):
-    with pytest.raises(ValueError, match="no spots"):
-        _prepare(adata[:0].copy())
-
-
-def test_missing_crop_size(adata):
-    del adata.uns["spatial"]["S0"]["scalefactors"]["spot_diameter_fullres"]
-    with pytest.raises(KeyError, match="crop_size"):
-        _prepare(adata)
-    assert len(_prepare(adata, crop_size=30)) == 2
 
 
 def test_counts_from_a_layer(adata):
