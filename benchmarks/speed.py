@@ -34,9 +34,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# imported first, as in a user's session: it flushes denormals before torch's threads start
-import st_hist2st  # noqa: F401
-
 ROOT = Path(os.environ.get("HIST2ST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "her2st"))
 CASES = ("throughput", "steps", "predict", "rss", "visium")
 #: Where the throughput, step, prediction and Visium cases run; set by ``--device``.

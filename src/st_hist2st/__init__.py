@@ -6,11 +6,6 @@ from importlib.metadata import PackageNotFoundError, version
 
 from st_hist2st import datasets, model, pl, pp, tl
 from st_hist2st._model import Hist2ST
-from st_hist2st.model._numerics import flush_denormals
-
-# once, at import (spawned training processes import the package too), before torch starts its worker
-# threads where possible: they inherit the setting only when created
-flush_denormals()
 
 try:
     __version__ = version("st-hist2st")
