@@ -9,7 +9,7 @@ from anndata import AnnData
 from scipy import sparse
 
 import st_hist2st as hist2st
-from st_hist2st._data._graph import build_connectivities, grid_positions, to_edge_index
+from st_hist2st._data._graph import build_connectivities, grid_positions
 from st_hist2st._data._image import ImageSource, image_from_anndata
 from st_hist2st._data._patches import crop_patches
 from st_hist2st._data._section import prepare_sections
@@ -197,8 +197,8 @@ def test_graph_from_obsp_is_used_and_crossing_edges_fail(adata):
     assert sections[0].edge_index.tolist() == [[1], [0]]
     conn[0, adata.n_obs - 1] = 1
     adata.obsp["spatial_connectivities"] = conn
-    with pytest.raises(ValueError, match="between different libraries"):
-        to_edge_index(conn, adata.obs["library_id"])
+    with pytest.raises(ValueError, match="edges from library 'S0' to other libraries"):
+        prepare_sections(adata, "hires", genes=None, show_progress_bar=False)
 
 
 def test_grid_positions_are_inferred_from_coordinates():
@@ -247,15 +247,16 @@ def test_counts_from_a_layer(adata):
     np.testing.assert_array_equal(counts, adata.layers["counts"].toarray())
 
 
-def test_spatial_graph_writes_obsp_only_where_asked(adata):
+def test_spatial_graph_follows_squidpys_copy_rule(adata):
     before = set(adata.obsp)
-    conn = hist2st.pp.spatial_graph(adata, inplace=False)
+    conn = hist2st.pp.spatial_graph(adata, copy=True)
     assert set(adata.obsp) == before
     assert conn.shape == (adata.n_obs, adata.n_obs)
-    hist2st.pp.spatial_graph(adata)
+    assert hist2st.pp.spatial_graph(adata) is None
     assert (adata.obsp["spatial_connectivities"] != conn).nnz == 0
-    with pytest.raises(ValueError, match="contradict"):
-        hist2st.pp.spatial_graph(adata, inplace=False, copy=True)
+    with pytest.warns(FutureWarning, match="inplace"):
+        old = hist2st.pp.spatial_graph(adata, inplace=False)
+    assert (old != conn).nnz == 0
 
 
 def test_tile_covers_the_tissue_and_predicts(trained):

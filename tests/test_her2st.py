@@ -57,7 +57,7 @@ def test_lowres_patches_track_fullres(her2st):
 
 
 def test_graph_on_her2st(her2st, squidpy_graph):
-    conn = hist2st.pp.spatial_graph(her2st, inplace=False)
+    conn = hist2st.pp.spatial_graph(her2st, copy=True)
     degree = np.asarray((conn != 0).sum(1)).ravel()
     assert degree.max() <= 4
     assert np.median(degree) == 4

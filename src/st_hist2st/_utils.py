@@ -30,6 +30,23 @@ def check_var_names(adata: AnnData, *, name: str = "adata") -> None:
         )
 
 
+#: One precision vocabulary for ``fit`` and ``predict``: Lightning's names, and the short forms as aliases.
+PRECISION_ALIASES = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed", "64": "64-true"}
+#: Precisions prediction supports.
+PREDICT_PRECISIONS = ("32-true", "bf16-mixed")
+
+
+def check_precision(precision: str | int, *, predict: bool = False) -> str:
+    """Lightning's name of ``precision`` (``'bf16'`` is ``'bf16-mixed'``); prediction takes fp32 or bf16."""
+    name = PRECISION_ALIASES.get(str(precision), str(precision))
+    if predict and name not in PREDICT_PRECISIONS:
+        raise ValueError(
+            f"`precision` must be one of {list(PREDICT_PRECISIONS)} (or '32', 'bf16') for prediction, got "
+            f"{precision!r}."
+        )
+    return name
+
+
 #: What each spot's counts are divided by before the log: the total over the model's genes or over all genes.
 NORMALIZE_OVER = ("genes", "all")
 
@@ -44,12 +61,6 @@ def check_not_view(adata: AnnData, *, name: str = "adata") -> None:
     """Refuse to write into a view, which would silently copy."""
     if adata.is_view:
         raise ValueError(f"`{name}` is a view; call `{name} = {name}.copy()` before writing into it.")
-
-
-def check_inplace_copy(inplace: bool, copy: bool) -> None:
-    """``inplace=False`` and ``copy=True`` contradict each other."""
-    if copy and not inplace:
-        raise ValueError("`copy=True` and `inplace=False` contradict each other; choose one.")
 
 
 def get_spatial(adata: AnnData, spatial_key: str = Key.spatial) -> np.ndarray:

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 from anndata import AnnData
 from scipy import sparse
 
 from st_hist2st._constants import Key
 from st_hist2st._data._graph import Layout, build_connectivities
-from st_hist2st._utils import check_adata, check_inplace_copy, check_not_view
+from st_hist2st._utils import check_adata, check_not_view
 
 logger = logging.getLogger(__name__)
 
@@ -19,9 +20,9 @@ def spatial_graph(
     spatial_key: str = Key.spatial,
     layout: Layout = "auto",
     key_added: str = Key.connectivities,
-    inplace: bool = True,
     copy: bool = False,
-) -> sparse.csr_matrix | AnnData | None:
+    inplace: bool | None = None,
+) -> sparse.csr_matrix | None:
     """Build the Hist2ST spot graph by the rules of :func:`squidpy.gr.spatial_neighbors`.
 
     Legacy ST arrays get the paper's rule: the 4 nearest spots in grid coordinates, kept when at most
@@ -42,24 +43,30 @@ def spatial_graph(
         ``'st'``, ``'visium'`` or ``'auto'`` (Visium when every ``array_row + array_col`` has one parity).
     key_added
         Key in ``obsp`` for the graph.
-    inplace
-        Write ``obsp[key_added]``; otherwise return the graph and leave ``adata`` alone.
     copy
-        Return a copy of ``adata`` with the graph.
+        Return the graph and leave ``adata`` alone, as :func:`squidpy.gr.spatial_neighbors` does; otherwise write
+        ``obsp[key_added]``.
+    inplace
+        Deprecated: ``inplace=False`` is ``copy=True``.
 
     Returns
     -------
-    The sparse ``(n_obs, n_obs)`` connectivities with ``inplace=False``; a new AnnData with ``copy=True``;
-    otherwise ``None`` and ``adata.obsp[key_added]`` is set.
+    The sparse ``(n_obs, n_obs)`` connectivities with ``copy=True``; otherwise ``None`` and
+    ``adata.obsp[key_added]`` is set.
     """
+    if inplace is not None:
+        warnings.warn(
+            "`spatial_graph(inplace=...)` is deprecated: `copy=True` returns the graph, `copy=False` writes it. "
+            "`inplace` will be removed in the next release.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        copy = copy or not inplace
     check_adata(adata)
-    check_inplace_copy(inplace, copy)
     conn = build_connectivities(adata, library_key=library_key, spatial_key=spatial_key, layout=layout)
-    if not inplace:
-        return conn
     if copy:
-        adata = adata.copy()
+        return conn
     check_not_view(adata)
     adata.obsp[key_added] = conn
     logger.info("added `adata.obsp[%r]`", key_added)
-    return adata if copy else None
+    return None

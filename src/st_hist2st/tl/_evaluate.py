@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -10,33 +12,37 @@ from scipy import stats
 
 from st_hist2st._constants import Key
 from st_hist2st._data._targets import expression_targets, get_counts, spot_totals
+from st_hist2st._deprecation import prediction_passed_as_layer, renamed_arguments
 from st_hist2st._utils import check_adata, check_not_view, check_var_names, get_libraries
 
 logger = logging.getLogger(__name__)
 
 
-def predicted_genes(adata: AnnData, layer: str) -> list[str]:
-    """Genes of ``layers[layer]`` that hold predictions: ``uns[layer]['genes']``, else those not all NaN."""
-    if layer not in adata.layers:
-        raise KeyError(f"`adata.layers[{layer!r}]` does not exist; run `hist2st.tl.predict` first.")
-    info = adata.uns.get(layer)
+def predicted_genes(adata: AnnData, key: str) -> list[str]:
+    """Genes of ``layers[key]`` that hold predictions: ``uns[key]['genes']``, else those not all NaN."""
+    if key not in adata.layers:
+        raise KeyError(
+            f"`adata.layers[{key!r}]` does not exist; run `hist2st.tl.predict` first, or pass `key=` naming the "
+            f"layer with the predictions (layers: {list(adata.layers)})."
+        )
+    info = adata.uns.get(key)
     if isinstance(info, dict) and "genes" in info:
         return [str(g) for g in info["genes"]]
-    values = np.asarray(adata.layers[layer])
+    values = np.asarray(adata.layers[key])
     return adata.var_names[~np.isnan(values).all(0)].tolist()
 
 
-def observed_targets(adata: AnnData, layer: str, counts_layer: str | None) -> pd.DataFrame:
-    """Observed expression of the predicted genes, transformed per spot exactly as the model's targets.
+def observed_targets(adata: AnnData, key: str, layer: str | None) -> pd.DataFrame:
+    """Observed expression (raw counts in ``layer``) of the genes predicted in ``layers[key]``, as the targets.
 
     Normalised by each spot's total over the predicted genes, or over all genes where the model was trained
-    with ``normalize_over='all'`` (recorded in ``uns[layer]``).
+    with ``normalize_over='all'`` (recorded in ``uns[key]``).
     """
-    genes = predicted_genes(adata, layer)
-    counts = get_counts(adata, genes, counts_layer)
-    info = adata.uns.get(layer)
+    genes = predicted_genes(adata, key)
+    counts = get_counts(adata, genes, layer)
+    info = adata.uns.get(key)
     over = info.get("normalize_over", "genes") if isinstance(info, dict) else "genes"
-    totals = spot_totals(adata, counts_layer) if over == "all" else None
+    totals = spot_totals(adata, layer) if over == "all" else None
     return pd.DataFrame(expression_targets(counts, totals), index=adata.obs_names, columns=genes)
 
 
@@ -55,50 +61,63 @@ def pearson_columns(pred: np.ndarray, obs: np.ndarray) -> tuple[np.ndarray, np.n
 
 def evaluate(
     adata: AnnData,
-    layer: str = Key.prediction,
+    key: str = Key.prediction,
     *,
+    layer: str | None = None,
     genes: Sequence[str] | None = None,
     library_key: str | None = Key.library,
-    counts_layer: str | None = None,
     key_added: str | None = None,
-) -> pd.DataFrame:
+    copy: bool | None = None,
+    **deprecated: Any,
+) -> pd.DataFrame | None:
     """Pearson r between predicted and observed expression, per gene and library, as the paper reports it.
 
     The observed counts are transformed exactly as the model's targets (``log10(1 + 1e4 * c / sum(c))``,
-    the sum over the genes the model predicts). A gene constant in a library (in the prediction or the
-    observation) gets NaN there; NaNs are counted in the summary, not hidden.
+    the sum over the genes the model predicts, or over all genes for a model trained with
+    ``normalize_over='all'``). A gene constant in a library (in the prediction or the observation) gets NaN
+    there; NaNs are counted in the summary, not hidden.
 
     Parameters
     ----------
     adata
-        Spots with raw counts and predictions in ``layers[layer]`` (from :func:`st_hist2st.tl.predict`).
+        Spots with raw counts and predictions in ``layers[key]`` (from :func:`st_hist2st.tl.predict`).
+    key
+        Layer with the predictions (``key_added`` of :func:`~st_hist2st.tl.predict`).
     layer
-        Layer with the predictions.
+        Layer with the raw counts; ``None`` uses ``X``.
     genes
         Genes to evaluate; default every predicted gene.
     library_key
         Column of ``obs`` with the section of each spot.
-    counts_layer
-        Layer with the raw counts; ``None`` uses ``X``.
     key_added
-        Name of the ``var`` column and ``uns`` entry written; default ``f'{layer}_pearson'``.
+        Name of the ``var`` column and ``uns`` entry written; default ``f'{key}_pearson'``.
+    copy
+        ``False``: write the results into ``adata`` and return ``None``. ``True``: return the table and leave
+        ``adata`` alone. Not given: both, as before 0.2 (with a FutureWarning; the default becomes ``False``).
 
     Returns
     -------
-    Tidy table with columns ``gene``, ``library``, ``r``, ``pvalue``. ``adata`` gets
-    ``var[key_added]`` (mean r over libraries, NaN for genes not evaluated) and ``uns[key_added]`` (mean and
-    median r and the number of NaN genes per library, and overall).
+    With ``copy=True``, the tidy table with columns ``gene``, ``library``, ``r``, ``pvalue``. Otherwise
+    ``adata`` gets ``var[key_added]`` (mean r over libraries, NaN for genes not evaluated) and
+    ``uns[key_added]`` (mean and median r and the number of NaN genes per library and overall, and the table
+    under ``'table'``).
     """
+    current = {"key": key, "layer": layer}
+    renamed_arguments("evaluate", deprecated, {"counts_layer": "layer"}, current)
+    key, layer = current["key"], current["layer"]
+    if prediction_passed_as_layer("evaluate", adata, layer):
+        key, layer = layer, None
     check_adata(adata)
-    check_not_view(adata)
     check_var_names(adata)
-    key_added = f"{layer}_pearson" if key_added is None else key_added
-    observed = observed_targets(adata, layer, counts_layer)
+    if copy is not True:
+        check_not_view(adata)
+    key_added = f"{key}_pearson" if key_added is None else key_added
+    observed = observed_targets(adata, key, layer)
     genes = list(observed.columns) if genes is None else ([genes] if isinstance(genes, str) else list(genes))
     missing = [g for g in genes if g not in observed.columns]
     if missing:
-        raise KeyError(f"`genes` has genes without predictions in `layers[{layer!r}]`, e.g. {missing[:5]}.")
-    pred = np.asarray(adata[:, genes].layers[layer], dtype=np.float64)
+        raise KeyError(f"`genes` has genes without predictions in `layers[{key!r}]`, e.g. {missing[:5]}.")
+    pred = np.asarray(adata[:, genes].layers[key], dtype=np.float64)
     obs = observed[genes].to_numpy(np.float64)
     libs = get_libraries(adata, library_key)
     rows, summary = [], {}
@@ -113,16 +132,28 @@ def evaluate(
             "n_nan": int(np.isnan(r).sum()),
         }
     table = pd.concat(rows, ignore_index=True)
+    for lib, s in summary.items():
+        logger.info("%s: mean r %.4f over %d genes (%d NaN)", lib, s["mean_r"], s["n_genes"], s["n_nan"])
+    if copy is True:
+        return table
     per_gene = table.groupby("gene", sort=False)["r"].mean()
     adata.var[key_added] = per_gene.reindex(adata.var_names).to_numpy(np.float64)
     valid = table["r"].dropna()
     adata.uns[key_added] = {
-        "layer": layer,
+        "key": key,
         "mean_r": float(valid.mean()) if len(valid) else float("nan"),
         "n_nan": int(table["r"].isna().sum()),
         "libraries": summary,
+        "table": table.astype({"library": str}),
     }
-    for lib, s in summary.items():
-        logger.info("%s: mean r %.4f over %d genes (%d NaN)", lib, s["mean_r"], s["n_genes"], s["n_nan"])
     logger.info("added `adata.var[%r]` and `adata.uns[%r]`", key_added, key_added)
-    return table
+    if copy is None:
+        warnings.warn(
+            "`tl.evaluate` returns the table only with `copy=True` from the next release (squidpy's rule: "
+            "`copy=False` writes into `adata` and returns None). Pass `copy=False` or `copy=True` to choose now; "
+            f"the table is also in `adata.uns[{key_added!r}]['table']`.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return table
+    return None

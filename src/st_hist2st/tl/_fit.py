@@ -94,7 +94,8 @@ def fit(
         Passed to :class:`lightning.pytorch.Trainer`; ``strategy='ddp'`` (or ``'ddp_spawn'``) with several
         ``devices`` trains data-parallel, sections split across processes.
     precision
-        Lightning precision, e.g. ``'bf16-mixed'`` for bfloat16 autocast on CPU or GPU.
+        Lightning precision, e.g. ``'bf16-mixed'`` for bfloat16 autocast on CPU or GPU; the short forms
+        ``'32'`` and ``'bf16'`` are the same, and :func:`~st_hist2st.tl.predict` takes the same names.
     seed
         Seed of the initial weights, the augmentations and the order of sections.
     checkpoint_dir

@@ -11,7 +11,7 @@ from anndata import AnnData
 
 from st_hist2st._constants import Key
 from st_hist2st._model import Hist2ST, resolve_model
-from st_hist2st._utils import check_adata, check_not_view, check_var_names, get_libraries
+from st_hist2st._utils import check_adata, check_not_view, check_precision, check_var_names, get_libraries
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def predict(
     image: Any = None,
     crop_size: float | None = None,
     device: str | None = None,
-    precision: str = "32",
+    precision: str = "32-true",
     test_time_augmentation: bool = False,
     show_progress_bar: bool = True,
     key_added: str = Key.prediction,
@@ -65,7 +65,8 @@ def predict(
     device
         Torch device; default CUDA when available.
     precision
-        ``'32'`` or ``'bf16'`` (bfloat16 autocast).
+        ``'32-true'`` or ``'bf16-mixed'`` (bfloat16 autocast), as for :func:`~st_hist2st.tl.fit`; ``'32'`` and
+        ``'bf16'`` are the same.
     test_time_augmentation
         Average the predictions over the 8 rotations by multiples of 90 degrees and mirrors of every patch (a
         tissue section has no orientation). Eight times the work; on the four held-out her2st sections it raised
@@ -91,6 +92,7 @@ def predict(
     """
     check_adata(adata)
     check_var_names(adata)
+    precision = check_precision(precision, predict=True)
     models = [resolve_model(m) for m in (model if isinstance(model, list | tuple) else [model])]
     if not models:
         raise ValueError("`model` is an empty sequence; pass a trained model, or several to average.")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from st_hist2st._constants import Key
+from st_hist2st._deprecation import prediction_passed_as_layer, renamed_arguments
 from st_hist2st._utils import check_adata, get_libraries
 from st_hist2st.tl._evaluate import observed_targets, predicted_genes
 
@@ -26,14 +28,15 @@ def _clusters(x: np.ndarray, k: int, n_pcs: int, seed: int) -> np.ndarray:
 
 def region_ari(
     adata: AnnData,
-    layer: str = Key.prediction,
+    key: str = Key.prediction,
     label_key: str | None = None,
     *,
+    layer: str | None = None,
     library_key: str | None = Key.library,
     n_clusters: int | None = None,
     n_pcs: int = 10,
-    counts_layer: str | None = None,
     seed: int = 0,
+    **deprecated: Any,
 ) -> pd.DataFrame:
     """Region identification as in the paper: k-means on PCA of the predicted expression against the regions.
 
@@ -46,9 +49,9 @@ def region_ari(
     Parameters
     ----------
     adata
-        Spots with predictions in ``layers[layer]``.
-    layer
-        Layer with the predictions.
+        Spots with predictions in ``layers[key]``.
+    key
+        Layer with the predictions (``key_added`` of :func:`~st_hist2st.tl.predict`).
     label_key
         Column of ``obs`` with pathologist labels, e.g. ``'label'`` from :func:`st_hist2st.datasets.her2st`.
     library_key
@@ -57,7 +60,7 @@ def region_ari(
         Number of clusters; default the number of label classes.
     n_pcs
         Principal components.
-    counts_layer
+    layer
         Layer with raw counts, for the reference without labels; ``None`` uses ``X``.
     seed
         Seed of PCA and k-means.
@@ -66,12 +69,17 @@ def region_ari(
     -------
     One row per library: ``ari``, ``nmi``, ``n_spots``, ``n_clusters``, ``reference``. ``adata`` is not modified.
     """
+    current = {"key": key, "layer": layer}
+    renamed_arguments("region_ari", deprecated, {"counts_layer": "layer"}, current)
+    key, layer = current["key"], current["layer"]
+    if prediction_passed_as_layer("region_ari", adata, layer):
+        key, layer = layer, None
     check_adata(adata)
-    genes = predicted_genes(adata, layer)
-    pred = np.asarray(adata[:, genes].layers[layer], dtype=np.float64)
+    genes = predicted_genes(adata, key)
+    pred = np.asarray(adata[:, genes].layers[key], dtype=np.float64)
     if label_key is not None and label_key not in adata.obs:
         raise KeyError(f"`adata.obs[{label_key!r}]` does not exist; pass the column with region labels or None.")
-    observed = None if label_key is not None else observed_targets(adata, layer, counts_layer).to_numpy()
+    observed = None if label_key is not None else observed_targets(adata, key, layer).to_numpy()
     libs = get_libraries(adata, library_key)
     rows = []
     for lib in libs.cat.categories:
