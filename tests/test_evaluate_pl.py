@@ -27,13 +27,13 @@ def _predicted(n=30, genes=4, seed=0):
     pred = rng.normal(size=(n, genes)).astype(np.float32)
     pred[:, 3] = 1.0
     adata.layers["hist2st"] = pred
-    adata.uns["hist2st"] = {"genes": list(adata.var_names)}
+    adata.uns["hist2st"] = {"genes": list(adata.var_names), "n_models": 1}  # as tl.predict records it
     return adata
 
 
 def test_evaluate_matches_a_hand_computed_r():
     adata = _predicted()
-    table = hist2st.tl.evaluate(adata)
+    table = hist2st.tl.evaluate(adata, copy=True)
     target = expression_targets(adata.X)
     a = (adata.obs["library_id"] == "a").to_numpy()
     expected = stats.pearsonr(adata.layers["hist2st"][a, 1], target[a, 1])
@@ -42,11 +42,29 @@ def test_evaluate_matches_a_hand_computed_r():
     assert row["pvalue"] == pytest.approx(expected.pvalue, rel=1e-4)
     assert set(table.columns) == {"gene", "library", "r", "pvalue"}
     assert len(table) == 8
+    assert "hist2st_pearson" not in adata.uns and "hist2st_pearson" not in adata.var  # copy=True writes nothing
+
+
+def test_evaluate_follows_squidpys_copy_rule_and_keeps_the_old_call_for_a_release():
+    adata = _predicted()
+    assert hist2st.tl.evaluate(adata, copy=False) is None
+    written = adata.uns["hist2st_pearson"]["table"]
+    with pytest.warns(FutureWarning, match="copy=True"):
+        table = hist2st.tl.evaluate(_predicted())
+    pd.testing.assert_frame_equal(table.astype({"library": str}), written)
+    adata.layers["counts"] = adata.X.copy()
+    with pytest.warns(FutureWarning, match="now `layer=`"):
+        old = hist2st.tl.evaluate(adata, counts_layer="counts", copy=True)
+    with pytest.warns(FutureWarning, match="`layer` now names the layer with the raw counts"):
+        older = hist2st.tl.evaluate(adata, layer="hist2st", copy=True)
+    pd.testing.assert_frame_equal(old, table)
+    pd.testing.assert_frame_equal(older, table)
 
 
 def test_evaluate_counts_constant_genes_as_nan():
     adata = _predicted()
-    table = hist2st.tl.evaluate(adata)
+    hist2st.tl.evaluate(adata, copy=False)
+    table = adata.uns["hist2st_pearson"]["table"]
     assert table.loc[table["gene"] == "g3", "r"].isna().all()
     summary = adata.uns["hist2st_pearson"]
     assert summary["n_nan"] == 2
@@ -58,7 +76,7 @@ def test_evaluate_counts_constant_genes_as_nan():
 def test_evaluate_needs_predictions():
     adata = _predicted()
     with pytest.raises(KeyError, match="tl.predict"):
-        hist2st.tl.evaluate(adata, layer="nothing")
+        hist2st.tl.evaluate(adata, "nothing")
 
 
 def test_region_ari_recovers_known_clusters():
@@ -87,18 +105,20 @@ def test_region_ari_recovers_known_clusters():
 @pytest.fixture
 def predicted(trained, adata):
     hist2st.tl.predict(adata, trained, show_progress_bar=False)
-    hist2st.tl.evaluate(adata)
+    hist2st.tl.evaluate(adata, copy=False)
     return adata
 
 
 def test_spatial_pred_draws_on_given_axes_and_saves(predicted, tmp_path):
     fig, axes = plt.subplots(2, 2)
-    out = hist2st.pl.spatial_pred(predicted, ["gene0", "gene1"], library_id="S1", ax=axes, save=tmp_path / "sp.png")
+    out = hist2st.pl.spatial_pred(
+        predicted, ["gene0", "gene1"], library_id="S1", ax=axes, save=tmp_path / "sp.png", return_fig=True, show=False
+    )
     assert out is fig
     assert (tmp_path / "sp.png").stat().st_size > 0
     assert "r = " in axes[0, 1].get_title() and axes[0, 0].get_title() == "gene0 observed"
     # the r in the title is the library's own, as tl.evaluate reports it
-    table = hist2st.tl.evaluate(predicted)
+    table = hist2st.tl.evaluate(predicted, copy=True)
     r = table.query("gene == 'gene1' and library == 'S1'")["r"].item()
     assert axes[1, 1].get_title() == f"gene1 predicted (r = {r:.2f})"
     # a shared colour scale per gene
@@ -110,27 +130,29 @@ def test_spatial_pred_draws_on_given_axes_and_saves(predicted, tmp_path):
     plt.close("all")
 
 
-def test_spatial_pred_keeps_scanpys_deprecation_notices_to_itself(predicted):
-    # scanpy warns about its own sc.pl.spatial; the caller of spatial_pred can do nothing about it
+def test_spatial_pred_draws_without_notices_and_shows_once(predicted, monkeypatch):
+    shown = []
+    monkeypatch.setattr(matplotlib, "get_backend", lambda: "module://matplotlib_inline.backend_inline")
+    monkeypatch.setattr(plt, "show", lambda: shown.append(True))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        hist2st.pl.spatial_pred(predicted, ["gene0"], library_id="S1")
-    messages = [str(w.message) for w in caught]
-    assert not [m for m in messages if "spatial_scatter" in m or "set_bad" in m], messages
+        # a notebook's default: shown once, nothing returned for the cell to draw a second time
+        assert hist2st.pl.spatial_pred(predicted, ["gene0"], library_id="S1") is None
+    assert shown == [True]
+    assert [str(w.message) for w in caught] == []
+    with pytest.warns(FutureWarning, match="now `image_key=`"):
+        axes = hist2st.pl.spatial_pred(predicted, "gene0", img_key="hires", show=False)
+    assert axes.shape == (1, 2)
     plt.close("all")
 
 
 def test_gene_correlation_and_history_plots(predicted, trained, tmp_path):
     fig, ax = plt.subplots()
-    assert hist2st.pl.gene_correlation(predicted, ax=ax, save=tmp_path / "gc.png") is ax
+    assert hist2st.pl.gene_correlation(predicted, ax=ax, save=tmp_path / "gc.png", show=False) is ax
     assert (tmp_path / "gc.png").exists()
+    with pytest.warns(FutureWarning, match="pearson_key"):
+        hist2st.pl.gene_correlation(predicted, key="hist2st_pearson", show=False)
     fig2, ax2 = plt.subplots()
-    assert hist2st.pl.training_history(trained, ax=ax2, save=tmp_path / "th.png") is fig2
+    assert hist2st.pl.training_history(trained, ax=ax2, save=tmp_path / "th.png", return_fig=True, show=False) is fig2
     assert (tmp_path / "th.png").exists()
     plt.close("all")
-
-
-def test_no_unfilled_docstring_placeholders():
-    for module in (hist2st.tl, hist2st.pl, hist2st.pp, hist2st.datasets):
-        for name in module.__all__:
-            assert "%(" not in (getattr(module, name).__doc__ or ""), name

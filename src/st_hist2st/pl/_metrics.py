@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -10,46 +11,64 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from st_hist2st._constants import Key
+from st_hist2st._deprecation import renamed_arguments
 from st_hist2st._utils import check_adata
-from st_hist2st.pl._utils import save_figure
+from st_hist2st.pl._utils import finish_figure
 
 
 def gene_correlation(
     adata: AnnData,
-    layer: str = Key.prediction,
+    key: str = Key.prediction,
     *,
-    key: str | None = None,
+    pearson_key: str | None = None,
     n_top: int = 10,
     ax: Axes | None = None,
     save: str | Path | None = None,
-) -> Axes:
+    show: bool | None = None,
+    return_fig: bool = False,
+    **deprecated: Any,
+) -> Axes | Figure | None:
     """Genes ranked by the Pearson r of their prediction, the best ones named.
 
     Parameters
     ----------
     adata
         Spots after :func:`st_hist2st.tl.evaluate`.
-    layer
-        Layer that was evaluated.
     key
-        Column of ``var`` with r; default ``f'{layer}_pearson'``.
+        Layer with the predictions that were evaluated.
+    pearson_key
+        Column of ``var`` with r; default ``f'{key}_pearson'`` (``key_added`` of :func:`~st_hist2st.tl.evaluate`).
     n_top
         Number of best genes to name.
     ax
         Axes to draw on; default a new figure.
     save
         Write the figure to this file.
+    show
+        Show the figure (and return nothing), as scanpy's plots do; default scanpy's ``settings.autoshow``.
+    return_fig
+        Return the figure instead of the axes when not showing it.
 
     Returns
     -------
-    matplotlib.axes.Axes
-        The axes drawn on.
+    Nothing when shown; else the figure with ``return_fig=True``, or the axes.
     """
     check_adata(adata)
-    key = f"{layer}_pearson" if key is None else key
-    if key not in adata.var:
-        raise KeyError(f"`adata.var[{key!r}]` does not exist; run `hist2st.tl.evaluate(adata, {layer!r})` first.")
-    r = adata.var[key].dropna().sort_values(ascending=False)
+    if key in adata.var and key not in adata.layers:  # the old meaning of `key`: the column of r
+        warnings.warn(
+            f"`gene_correlation(key={key!r})` names the column of r; that is `pearson_key=` now, and `key` names "
+            "the predictions. The old meaning will be removed in the next release.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        key, pearson_key = Key.prediction, key
+    current = {"key": key}
+    renamed_arguments("gene_correlation", deprecated, {"layer": "key"}, current)
+    key = current["key"]
+    pearson_key = f"{key}_pearson" if pearson_key is None else pearson_key
+    if pearson_key not in adata.var:
+        raise KeyError(f"`adata.var[{pearson_key!r}]` does not exist; run `hist2st.tl.evaluate(adata, {key!r})` first.")
+    r = adata.var[pearson_key].dropna().sort_values(ascending=False)
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
     ranks = np.arange(1, len(r) + 1)
@@ -64,11 +83,17 @@ def gene_correlation(
     ax.set_xlabel("gene rank")
     ax.set_ylabel("Pearson r (predicted vs observed)")
     ax.set_title(f"{len(r)} genes, mean r = {r.mean():.3f}")
-    save_figure(ax.figure, save)
-    return ax
+    return finish_figure(ax.figure, ax, save=save, show=show, return_fig=return_fig)
 
 
-def training_history(model: Any, *, ax: Axes | None = None, save: str | Path | None = None) -> Figure:
+def training_history(
+    model: Any,
+    *,
+    ax: Axes | None = None,
+    save: str | Path | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+) -> Axes | Figure | None:
     """Training losses and validation Pearson r per epoch.
 
     Parameters
@@ -79,11 +104,14 @@ def training_history(model: Any, *, ax: Axes | None = None, save: str | Path | N
         Axes for the losses; validation r goes on a twin axis. Default a new figure.
     save
         Write the figure to this file.
+    show
+        Show the figure (and return nothing), as scanpy's plots do; default scanpy's ``settings.autoshow``.
+    return_fig
+        Return the figure instead of the axes when not showing it.
 
     Returns
     -------
-    matplotlib.figure.Figure
-        The figure.
+    Nothing when shown; else the figure with ``return_fig=True``, or the axes of the losses.
     """
     history = getattr(model, "history", None)
     if history is None or len(history) == 0:
@@ -105,5 +133,4 @@ def training_history(model: Any, *, ax: Axes | None = None, save: str | Path | N
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, frameon=False)
     ax.set_title("training history")
-    save_figure(ax.figure, save)
-    return ax.figure
+    return finish_figure(ax.figure, ax, save=save, show=show, return_fig=return_fig)

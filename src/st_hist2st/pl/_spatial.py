@@ -3,17 +3,20 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from st_hist2st._constants import Key
+from st_hist2st._deprecation import prediction_passed_as_layer, renamed_arguments
 from st_hist2st._utils import check_adata, get_libraries
-from st_hist2st.pl._utils import save_figure
+from st_hist2st.pl._utils import finish_figure, import_squidpy
 from st_hist2st.tl._evaluate import observed_targets, pearson_columns
 
 
@@ -28,38 +31,42 @@ def _default_img_key(adata: AnnData, library_id: str) -> str | None:
 def spatial_pred(
     adata: AnnData,
     genes: str | Sequence[str],
-    layer: str = Key.prediction,
+    key: str = Key.prediction,
     library_id: str | None = None,
-    img_key: str | None = None,
+    image_key: str | None = None,
     *,
+    layer: str | None = None,
     library_key: str | None = Key.library,
-    counts_layer: str | None = None,
     cmap: str = "viridis",
     size: float = 1.3,
     ax: Sequence[Axes] | None = None,
     save: str | Path | None = None,
-) -> Figure:
+    show: bool | None = None,
+    return_fig: bool = False,
+    **deprecated: Any,
+) -> Figure | np.ndarray | None:
     """Observed next to predicted expression on the tissue, one row per gene, with a shared colour scale.
 
     The observed counts are transformed as the model's targets; each row's title gives the gene's Pearson r in
-    the library. Drawn with :func:`scanpy.pl.spatial` over the H&E image.
+    the library. Drawn with :func:`squidpy.pl.spatial_scatter` over the H&E image.
 
     Parameters
     ----------
     adata
-        Spots with raw counts, predictions in ``layers[layer]`` and images in ``uns['spatial']``.
+        Spots with raw counts, predictions in ``layers[key]`` and images in ``uns['spatial']``.
     genes
         Gene or genes to show.
-    layer
-        Layer with the predictions.
+    key
+        Layer with the predictions (``key_added`` of :func:`~st_hist2st.tl.predict`).
     library_id
         Library to show; default the first.
-    img_key
-        Image under the spots: ``'lowres'`` or ``'hires'`` when present.
+    image_key
+        Image under the spots, a key of ``uns['spatial'][library_id]['images']``: ``'lowres'`` or
+        ``'hires'`` when present.
+    layer
+        Layer with the raw counts; ``None`` uses ``X``.
     library_key
         Column of ``obs`` with the section of each spot.
-    counts_layer
-        Layer with the raw counts; ``None`` uses ``X``.
     cmap
         Colour map.
     size
@@ -68,14 +75,20 @@ def spatial_pred(
         Two axes per gene (observed, predicted); default a new figure.
     save
         Write the figure to this file.
+    show
+        Show the figure (and return nothing), as scanpy's plots do; default scanpy's ``settings.autoshow``.
+    return_fig
+        Return the figure instead of the axes when not showing it.
 
     Returns
     -------
-    matplotlib.figure.Figure
-        The figure.
+    Nothing when shown; else the figure with ``return_fig=True``, or the ``(n_genes, 2)`` array of axes.
     """
-    import scanpy as sc
-
+    current = {"key": key, "layer": layer, "image_key": image_key}
+    renamed_arguments("spatial_pred", deprecated, {"img_key": "image_key", "counts_layer": "layer"}, current)
+    key, layer, image_key = current["key"], current["layer"], current["image_key"]
+    if prediction_passed_as_layer("spatial_pred", adata, layer):
+        key, layer = layer, None
     check_adata(adata)
     genes = [genes] if isinstance(genes, str) else list(genes)
     libs = get_libraries(adata, library_key)
@@ -84,13 +97,13 @@ def spatial_pred(
         raise ValueError(f"Unknown `library_id={library_id!r}`; libraries: {list(libs.cat.categories)}.")
     idx = (libs == library_id).to_numpy()
     # the targets are normalised within each spot, so the library's own spots are all that is needed
-    observed = observed_targets(adata[idx], layer, counts_layer)
+    observed = observed_targets(adata[idx], key, layer)
     missing = [g for g in genes if g not in observed.columns]
     if missing:
-        raise KeyError(f"No predictions in `layers[{layer!r}]` for {missing}.")
-    img_key = _default_img_key(adata, library_id) if img_key is None else img_key
+        raise KeyError(f"No predictions in `layers[{key!r}]` for {missing}.")
+    image_key = _default_img_key(adata, library_id) if image_key is None else image_key
     sub = AnnData(
-        X=np.asarray(adata[idx, genes].layers[layer], dtype=np.float32),
+        X=np.asarray(adata[idx, genes].layers[key], dtype=np.float32),
         obs=pd.DataFrame({"library": pd.Categorical([library_id] * int(idx.sum()))}, index=adata.obs_names[idx]),
         var=pd.DataFrame(index=genes),
         obsm={Key.spatial: np.asarray(adata.obsm[Key.spatial])[idx]},
@@ -100,33 +113,31 @@ def spatial_pred(
     r, _ = pearson_columns(sub.X.astype(np.float64), sub.layers["observed"].astype(np.float64))
     if ax is None:
         fig, axes = plt.subplots(len(genes), 2, figsize=(8, 3.8 * len(genes)), squeeze=False)
-        axes = axes.ravel()
     else:
-        axes = np.asarray(ax, dtype=object).ravel()
+        axes = np.asarray(ax, dtype=object).reshape(-1)
         if len(axes) != 2 * len(genes):
             raise ValueError(f"`ax` must hold 2 axes per gene ({2 * len(genes)}), got {len(axes)}.")
-        fig = axes[0].figure
+        axes, fig = axes.reshape(len(genes), 2), axes[0].figure
+    sq = import_squidpy()
     for k, gene in enumerate(genes):
         values = np.concatenate([sub[:, gene].X.ravel(), sub[:, gene].layers["observed"].ravel()])
-        vmin, vmax = float(np.nanmin(values)), float(np.nanmax(values))
+        norm = Normalize(float(np.nanmin(values)), float(np.nanmax(values)))
         for j, (what, lay) in enumerate((("observed", "observed"), ("predicted", None))):
             with warnings.catch_warnings():
-                # about scanpy's own plotting code, not the caller's: nothing a user of this function can change
-                warnings.filterwarnings("ignore", "Use `squidpy.pl.spatial_scatter` instead", FutureWarning)
+                # squidpy's own use of a matplotlib method: nothing a caller of this function can change
                 warnings.filterwarnings("ignore", "The set_bad function", PendingDeprecationWarning)
-                sc.pl.spatial(
+                sq.pl.spatial_scatter(
                     sub,
                     color=gene,
                     layer=lay,
-                    img_key=img_key,
                     library_id=library_id,
+                    library_key="library",
+                    img=image_key is not None,
+                    img_res_key=image_key,
                     size=size,
                     cmap=cmap,
-                    vmin=vmin,
-                    vmax=vmax,
-                    ax=axes[2 * k + j],
-                    show=False,
+                    norm=norm,
+                    ax=axes[k, j],
                     title=f"{gene} {what}" + (f" (r = {r[k]:.2f})" if what == "predicted" else ""),
                 )
-    save_figure(fig, save)
-    return fig
+    return finish_figure(fig, axes, save=save, show=show, return_fig=return_fig)
