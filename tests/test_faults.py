@@ -123,7 +123,7 @@ def test_predict_refuses_bad_input_and_writes_nothing(trained, adata):
     with pytest.raises(ValueError, match=r"var_names_make_unique\(\)"):
         hist2st.tl.predict(duplicated, trained)
     with pytest.raises(ValueError, match=r"var_names_make_unique\(\)"):
-        hist2st.tl.evaluate(duplicated)
+        hist2st.tl.evaluate(duplicated, copy=True)
     del adata.uns["spatial"]["S1"]["images"]["hires"]
     with pytest.raises(KeyError, match="Unknown `image_key='hires'`"):
         hist2st.tl.predict(adata, trained)
@@ -163,7 +163,7 @@ def test_one_gene_trains_when_normalised_over_all_genes(adata, tiny):
     # evaluated on the model's scale: with a spot's total over the one gene, every observed value would be equal
     observed = observed_targets(adata, "hist2st", None)["gene0"]
     assert observed.std() > 0
-    table = hist2st.tl.evaluate(adata)
+    table = hist2st.tl.evaluate(adata, copy=True)
     assert table["r"].notna().all()
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import warnings
 
+import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
@@ -187,19 +188,24 @@ def test_tiny_model_learns_expression_from_colour(tiny, accelerator, precision):
     assert model.history["val_pearson"].iloc[-1] > 0.8
 
 
-def test_ddp_on_two_cpu_processes(adata, tiny):
+@pytest.mark.parametrize("preset", ["paper", "fast"])
+def test_ddp_on_two_cpu_processes(adata, tiny, preset):
+    # DDP (find_unused_parameters=False) refuses, from a process's second step on, weights that got no gradient
+    # (heads of unused losses); two GNN layers, since with one the jumping-knowledge LSTM has no recurrent step
+    tiny = {**tiny, "depth3": 2}
     model = hist2st.tl.fit(
         adata,
         "hires",
-        max_epochs=1,
+        preset=preset,
+        max_epochs=2,
         accelerator="cpu",
         devices=2,
         strategy="ddp_spawn",
         show_progress_bar=False,
         **tiny,
     )
-    assert model.is_trained and len(model.history) == 1
-    untrained = hist2st.Hist2ST(model.genes, n_pos=model.architecture.n_pos, **tiny)
+    assert model.is_trained and len(model.history) == 2
+    untrained = hist2st.Hist2ST(model.genes, preset=preset, n_pos=model.architecture.n_pos, **tiny)
     changed = [
         not torch.equal(a, b)
         for a, b in zip(model.module.state_dict().values(), untrained.module.state_dict().values(), strict=True)
@@ -238,6 +244,31 @@ def test_windows_give_more_steps_per_epoch(adata, tiny):
     assert Count.steps == 2 * 3
 
 
+def test_heads_are_built_only_for_the_losses_used(tiny):
+    fast = hist2st.Hist2ST(["a", "b"], preset="fast", **tiny)
+    paper = hist2st.Hist2ST(["a", "b"], preset="paper", **tiny)
+    assert fast.module.zinb is None and fast.module.pass_weight is None
+    assert paper.module.zinb is not None and paper.module.pass_weight is not None
+    assert hist2st.Hist2ST(["a", "b"], preset="fast", zinb=0.1, **tiny).module.zinb is not None
+    with pytest.raises(ValueError, match="needs `zinb_head=True`"):
+        hist2st.Hist2ST(["a", "b"], zinb_head=False, **tiny)
+    with pytest.warns(FutureWarning, match="`distillation` is now `distillation_head`"):
+        model = hist2st.Hist2ST(["a", "b"], distillation=False, lamb=0, **tiny)
+    assert model.module.pass_weight is None
+
+
+def test_a_refit_keeps_the_gene_weights(adata, tiny):
+    model = hist2st.tl.fit(adata, "hires", max_epochs=1, standardize_genes=True, show_progress_bar=False, **tiny)
+    weights = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, plan, batch, batch_idx):
+            weights.append(plan.gene_weights)
+
+    model.fit(adata, "hires", max_epochs=1, trainer_kwargs={"callbacks": [Record()]}, show_progress_bar=False)
+    assert weights and all(w is not None and w.shape == (adata.n_vars,) for w in weights)
+
+
 def test_first_fit_starts_the_output_bias_at_the_gene_means(adata, tiny):
     model = hist2st.tl.fit(
         adata, "hires", max_epochs=1, learning_rate=1e-12, init_output_bias=True, show_progress_bar=False, **tiny
@@ -252,12 +283,14 @@ def test_ema_decay_returns_the_moving_average_of_the_weights(adata, tiny):
     import lightning as L
 
     class Record(L.Callback):
-        weights: list = []
+        def __init__(self):
+            self.weights = []
 
         def on_train_batch_end(self, trainer, module, *args):
             # on the CPU, where fit hands the model back, also when it trains on a GPU
-            Record.weights.append({k: v.detach().to("cpu", copy=True) for k, v in module.net.named_parameters()})
+            self.weights.append({k: v.detach().to("cpu", copy=True) for k, v in module.net.named_parameters()})
 
+    record = Record()
     decay = 0.5
     model = hist2st.tl.fit(
         adata,
@@ -266,15 +299,15 @@ def test_ema_decay_returns_the_moving_average_of_the_weights(adata, tiny):
         learning_rate=1e-2,
         ema_decay=decay,
         show_progress_bar=False,
-        trainer_kwargs={"callbacks": [Record()]},
+        trainer_kwargs={"callbacks": [record]},
         **tiny,
     )
-    assert len(Record.weights) == 4
-    average = Record.weights[0]
-    for step in Record.weights[1:]:
+    assert len(record.weights) == 4
+    average = record.weights[0]
+    for step in record.weights[1:]:
         average = {k: decay * average[k] + (1 - decay) * step[k] for k in average}
     returned = dict(model.module.named_parameters())
-    last = Record.weights[-1]
+    last = record.weights[-1]
     assert any(not torch.allclose(returned[k], last[k]) for k in last)
     for name, value in average.items():
         torch.testing.assert_close(returned[name].detach(), value, rtol=1e-5, atol=1e-6)

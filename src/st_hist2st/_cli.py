@@ -72,7 +72,8 @@ def demo(args: argparse.Namespace) -> int:
     )
     held = adata[adata.obs["library_id"] == test].copy()
     hist2st.tl.predict(held, model, show_progress_bar=not args.quiet)
-    table = hist2st.tl.evaluate(held)
+    hist2st.tl.evaluate(held, copy=False)
+    table = held.uns["hist2st_pearson"]["table"]
     r = held.uns["hist2st_pearson"]["mean_r"]
     print(f"trained {len(model.history)} epochs in {(time.perf_counter() - t0) / 60:.1f} min")
     print(
@@ -82,8 +83,8 @@ def demo(args: argparse.Namespace) -> int:
     best = held.var["hist2st_pearson"].dropna().sort_values(ascending=False).index[:3].tolist()
     print(f"best genes: {best}")
     fig_path = out / f"hist2st_demo_{test}.png"
-    hist2st.pl.spatial_pred(held, best, library_id=test, save=fig_path)
-    hist2st.pl.gene_correlation(held, save=out / f"hist2st_demo_{test}_ranking.png")
+    hist2st.pl.spatial_pred(held, best, library_id=test, save=fig_path, show=False)
+    hist2st.pl.gene_correlation(held, save=out / f"hist2st_demo_{test}_ranking.png", show=False)
     model.save(out / "model", overwrite=True)
     print(f"wrote {fig_path}, the gene ranking and the model ({out / 'model'})")
     return 0
@@ -134,7 +135,13 @@ def predict(args: argparse.Namespace) -> int:
     import st_hist2st as hist2st
 
     result = hist2st.tl.predict(
-        adata, args.model, args.image_key, image=image, test_time_augmentation=args.test_time_augmentation, copy=True
+        adata,
+        args.model,
+        args.image_key,
+        image=image,
+        precision=args.precision,
+        test_time_augmentation=args.test_time_augmentation,
+        copy=True,
     )
     if output.suffix == ".zarr":
         result.write_zarr(output)
@@ -262,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--model", required=True, nargs="+", help="model folder; several are averaged")
             p.add_argument("--output", required=True, help=".h5ad file or .zarr store to write")
             p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+            p.add_argument("--precision", default="32-true", help="'32-true' or 'bf16-mixed', as for fit")
             p.add_argument(
                 "--test-time-augmentation", action="store_true", help="average over the 8 rotations and mirrors"
             )

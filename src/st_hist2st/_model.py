@@ -20,7 +20,16 @@ from tqdm.auto import tqdm
 
 from st_hist2st._constants import Key
 from st_hist2st._data._section import Section, prepare_sections
-from st_hist2st._persistence import CONFIG_FILE, check_fields, check_state_dict, read_model_folder, write_model_folder
+from st_hist2st._persistence import (
+    CARD_FILE,
+    CONFIG_FILE,
+    check_fields,
+    check_state_dict,
+    fetch_pretrained,
+    model_card,
+    read_model_folder,
+    write_model_folder,
+)
 from st_hist2st._training_run import (
     CheckpointRecord,
     check_checkpoint,
@@ -28,11 +37,20 @@ from st_hist2st._training_run import (
     checkpoint_file,
     keep_sigint_handler,
     last_checkpoint,
+    no_lightning_advert,
     seeded,
 )
-from st_hist2st._utils import check_adata, check_libraries, check_normalize_over, check_var_names, get_libraries
+from st_hist2st._utils import (
+    check_adata,
+    check_libraries,
+    check_normalize_over,
+    check_precision,
+    check_var_names,
+    get_libraries,
+)
 from st_hist2st.model._augment import dihedral
 from st_hist2st.model._module import Architecture, Hist2STModule
+from st_hist2st.model._numerics import flush_denormals
 from st_hist2st.model._plan import Hist2STPlan, check_step_in_backward, step_seed
 from st_hist2st.model._training import Training
 from st_hist2st.model._training import preset as get_preset
@@ -198,7 +216,7 @@ class Hist2ST:
                 "devices": devices,
                 "strategy": strategy,
                 "num_nodes": num_nodes,
-                "precision": precision,
+                "precision": check_precision(precision),
                 "gradient_clip_val": self.training.gradient_clip,
                 "enable_progress_bar": show_progress_bar,
                 "enable_model_summary": False,
@@ -215,7 +233,8 @@ class Hist2ST:
             kwargs["callbacks"] = callbacks
             kwargs["enable_checkpointing"] = any(type(c).__name__ == "ModelCheckpoint" for c in callbacks)
             kwargs.update(extra)
-            trainer = L.Trainer(**kwargs)
+            with no_lightning_advert():
+                trainer = L.Trainer(**kwargs)
             if self.training.step_in_backward:
                 check_step_in_backward(trainer)  # before the patches are cut
             common = {
@@ -263,7 +282,7 @@ class Hist2ST:
             self.module.train()
             # a re-fit that fails must not leave half-updated weights on a model marked trained
             previous = {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
-            with warnings.catch_warnings(), keep_sigint_handler():
+            with warnings.catch_warnings(), keep_sigint_handler(), flush_denormals():
                 warnings.filterwarnings("ignore", ".*does not have many workers.*")
                 warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
                 warnings.filterwarnings("ignore", ".*defined a `validation_step` but have no `val_dataloader`.*")
@@ -312,8 +331,15 @@ class Hist2ST:
         """Lightning callbacks the training settings ask for."""
         if self.training.ema_decay is None:
             return []
-        from lightning.pytorch.callbacks import EMAWeightAveraging
+        try:
+            from lightning.pytorch.callbacks import EMAWeightAveraging
+        except ImportError:  # added to Lightning after the oldest version st-hist2st runs on
+            import lightning
 
+            raise ImportError(
+                f"`ema_decay` needs Lightning's EMAWeightAveraging, which Lightning {lightning.__version__} lacks; "
+                "upgrade it (`pip install -U lightning`) or leave `ema_decay=None`."
+            ) from None
         return [EMAWeightAveraging(decay=self.training.ema_decay)]
 
     # ------------------------------------------------------------------ prediction
@@ -340,7 +366,7 @@ class Hist2ST:
         image: Any = None,
         crop_size: float | None = None,
         device: str | torch.device | None = None,
-        precision: str = "32",
+        precision: str = "32-true",
         test_time_augmentation: bool = False,
         show_progress_bar: bool = True,
     ) -> np.ndarray:
@@ -350,8 +376,7 @@ class Hist2ST:
         """
         self._check_trained()
         check_adata(adata)
-        if precision not in ("32", "bf16"):
-            raise ValueError(f"`precision` must be '32' or 'bf16', got {precision!r}.")
+        precision = check_precision(precision, predict=True)
         image_key, crop_size = self.prediction_inputs(image_key, crop_size)
         if image_key is None:
             raise ValueError("Pass `image_key=`: the model does not know which image it was trained on.")
@@ -370,23 +395,27 @@ class Hist2ST:
         )
         device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         out = np.full((adata.n_obs, len(self.genes)), np.nan, dtype=np.float32)
-        module = self.module.to(device).eval()
+        was_training = self.module.training
+        self.module.to(device).eval()
         try:
-            for section in tqdm(sections, desc="predicting", unit="section", disable=not show_progress_bar):
-                out[section.obs_index] = self.predict_section(section, device, precision, test_time_augmentation)
+            with flush_denormals():
+                for section in tqdm(sections, desc="predicting", unit="section", disable=not show_progress_bar):
+                    out[section.obs_index] = self.predict_section(section, device, precision, test_time_augmentation)
         finally:
-            self.module.cpu()
-        del module
+            self.module.train(was_training).cpu()
         return out
 
     def predict_section(
-        self, section: Section, device: torch.device, precision: str = "32", test_time_augmentation: bool = False
+        self, section: Section, device: torch.device, precision: str = "32-true", test_time_augmentation: bool = False
     ) -> np.ndarray:
         """Predicted expression of one prepared section, averaged over the 8 views with ``test_time_augmentation``."""
         batch = {k: v.to(device) for k, v in section_batch(section).items()}
         views = range(8) if test_time_augmentation else range(1)
         total = None
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=check_precision(precision) == "bf16-mixed"),
+        ):
             for symmetry in views:
                 patches = dihedral(batch["patches"], symmetry)
                 pred = self.module(patches, batch["positions"], batch["edge_index"]).expression[0].float()
@@ -437,6 +466,9 @@ class Hist2ST:
         for name, kind in (("genes", list), ("architecture", dict), ("training", dict), ("preprocessing", dict)):
             if not isinstance(config.get(name), kind):
                 raise ValueError(f"{where}: field {name!r} must be a {kind.__name__}, got {config.get(name)!r}.")
+        for name, new in (("zinb", "zinb_head"), ("distillation", "distillation_head")):  # names before 0.2
+            if name in config["architecture"]:
+                config["architecture"][new] = config["architecture"].pop(name)
         genes = config["genes"]
         if not genes or not all(isinstance(g, str) for g in genes) or len(set(genes)) != len(genes):
             raise ValueError(f"{where}: field 'genes' must be a non-empty list of distinct gene names.")
@@ -462,6 +494,41 @@ class Hist2ST:
         model.module = Hist2STModule(model.architecture)
         check_state_dict(model.module.load_state_dict, state, path)
         return model
+
+    def save_pretrained(
+        self, folder: str | Path, *, overwrite: bool = False, card: dict[str, Any] | None = None
+    ) -> Path:
+        """Save as :meth:`save` does, with a model card (``README.md``) for sharing, e.g. on the Hugging Face Hub.
+
+        The card lists the genes, the preset and network, the training data, the image and crop, and the last
+        validation r; ``card`` adds rows (e.g. ``{'microns_per_pixel': 0.8, 'held-out mean r': 0.15}``).
+        Upload the folder with ``huggingface_hub.upload_folder`` or ``huggingface-cli upload``.
+        """
+        self._check_trained()
+        config = self.config()
+        extra = {CARD_FILE: model_card(config, self.n_parameters, card)}
+        return write_model_folder(folder, config, self.module.state_dict(), overwrite=overwrite, extra_files=extra)
+
+    @classmethod
+    def from_pretrained(
+        cls, repo_id_or_folder: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None
+    ) -> Hist2ST:
+        """A model from a local folder or a Hugging Face Hub repository (``pip install 'st-hist2st[hub]'``).
+
+        Parameters
+        ----------
+        repo_id_or_folder
+            A folder written by :meth:`save_pretrained` or :meth:`save`, or a Hub repository id
+            (``'owner/name'``) that holds one.
+        revision
+            Branch, tag or commit of the Hub repository.
+        cache_dir
+            Where the Hub's files are cached; default huggingface_hub's.
+        """
+        path = Path(repo_id_or_folder)
+        if not path.is_dir():
+            path = fetch_pretrained(str(repo_id_or_folder), revision=revision, cache_dir=cache_dir)
+        return cls.load(path)
 
     @property
     def n_parameters(self) -> int:

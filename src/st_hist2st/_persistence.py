@@ -41,7 +41,12 @@ def _fsync(path: Path) -> None:
 
 
 def write_model_folder(
-    path: str | os.PathLike, config: dict[str, Any], state_dict: dict[str, torch.Tensor], *, overwrite: bool
+    path: str | os.PathLike,
+    config: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    *,
+    overwrite: bool,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write ``config.json`` and the weights into ``path``, all or nothing.
 
@@ -72,6 +77,8 @@ def write_model_folder(
         config["weights"] = {"file": WEIGHTS_FILE, "sha256": sha256(weights), "bytes": weights.stat().st_size}
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
         _fsync(tmp / CONFIG_FILE)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         _swap_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -200,3 +207,61 @@ def check_state_dict(
             f"The weights in {path / WEIGHTS_FILE} do not fit the network described by {path / CONFIG_FILE}: "
             + " ".join(line.strip() for line in first)
         ) from None
+
+
+#: The model card written beside the weights by ``save_pretrained``, as the Hugging Face Hub shows it.
+CARD_FILE = "README.md"
+#: Files of a model folder fetched from the Hub.
+HUB_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
+
+
+def model_card(config: dict[str, Any], n_parameters: int, notes: dict[str, Any] | None = None) -> str:
+    """A Markdown model card: what the model predicts, how it was trained, on what, and what it measured."""
+    pre, arch, history = config["preprocessing"], config["architecture"], config.get("history", [])
+    notes = dict(notes or {})
+    genes = config["genes"]
+    lines = [
+        "---",
+        "library_name: st-hist2st",
+        "tags: [spatial-transcriptomics, histology, hist2st, scverse]",
+        "---",
+        "",
+        "# Hist2ST model",
+        "",
+        f"Predicts {len(genes)} genes ({', '.join(genes[:10])}{', ...' if len(genes) > 10 else ''}) from H&E "
+        "patches with st-hist2st. Load it with "
+        "`st_hist2st.Hist2ST.from_pretrained(...)` and predict with `st_hist2st.tl.predict(adata, model)`.",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| preset | `{config['preset']}` |",
+        f"| parameters | {n_parameters:,} |",
+        f"| network | depth1={arch['depth1']}, depth2={arch['depth2']}, depth3={arch['depth3']}, "
+        f"dim_head={arch['dim_head']}, heads={arch['heads']}, position embedding: {arch['position_embedding']} |",
+        f"| image | `{pre.get('image_key')}`, crops of {pre.get('crop_size') or 'spot_diameter_fullres'} "
+        "full-resolution pixels |",
+        f"| targets | log10(1 + 1e4 x counts / total over {'all genes' if pre.get('normalize_over') == 'all' else 'the model genes'}) |",
+        f"| trained on | {', '.join(map(str, pre.get('train_libraries', []))) or 'not recorded'} |",
+        f"| validated on | {', '.join(map(str, pre.get('validation_libraries', []))) or 'none'} |",
+        f"| epochs | {len(history)} |",
+        f"| micrometres per pixel | {notes.pop('microns_per_pixel', 'not recorded')} |",
+        f"| package version | {config.get('package_version')} |",
+    ]
+    last = history[-1] if history else {}
+    if last.get("val_pearson") is not None:
+        lines.append(f"| validation mean Pearson r (last epoch) | {last['val_pearson']:.4f} |")
+    lines += [f"| {key} | {value} |" for key, value in notes.items()]
+    return "\n".join(lines) + "\n"
+
+
+def fetch_pretrained(repo_id: str, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
+    """A model folder from the Hugging Face Hub (``huggingface_hub`` is the ``hub`` extra)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ImportError(
+            f"{repo_id!r} is not a local folder, and loading from the Hugging Face Hub needs huggingface_hub: "
+            "`pip install 'st-hist2st[hub]'`."
+        ) from None
+    folder = snapshot_download(repo_id=repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=list(HUB_FILES))
+    return Path(folder)

@@ -43,6 +43,23 @@ def keep_sigint_handler() -> Iterator[None]:
             signal.signal(signal.SIGINT, handler)
 
 
+class _NoAdvert(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def no_lightning_advert() -> Iterator[None]:
+    """Keep Lightning's advertisement for its cloud logger (logged by every new Trainer) out of the caller's output."""
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    advert = _NoAdvert()
+    log.addFilter(advert)
+    try:
+        yield
+    finally:
+        log.removeFilter(advert)
+
+
 def last_checkpoint(checkpoint_dir: str | Path) -> L.Callback:
     """A checkpoint of the whole training state written to ``checkpoint_dir/last.ckpt`` after every epoch."""
     from lightning.pytorch.callbacks import ModelCheckpoint

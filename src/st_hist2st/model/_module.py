@@ -54,10 +54,12 @@ class Architecture:
         sections; the spot graph still gives it the neighbourhood.
     policy
         GNN aggregation, ``'mean'`` or ``'max'``.
-    zinb
-        Whether the ZINB heads exist.
-    distillation
-        Whether the self-distillation weight head exists.
+    zinb_head
+        Build the ZINB heads (mean, dispersion, dropout per gene). :class:`~st_hist2st.Hist2ST` builds them only
+        when the ZINB loss is used (``Training.zinb > 0``), so that no weight goes without a gradient.
+    distillation_head
+        Build the head that weights the self-distillation passes; built only when ``Training.bake`` and
+        ``Training.lamb`` are above 0.
     pixel_scale
         Factor applied to the 0-255 pixel values (1 as the paper; 1/255 scales to [0, 1]).
     section_norm
@@ -88,8 +90,8 @@ class Architecture:
     n_pos: int = 64
     position_embedding: bool = True
     policy: str = "mean"
-    zinb: bool = True
-    distillation: bool = True
+    zinb_head: bool = True
+    distillation_head: bool = True
     pixel_scale: float = 1.0
     section_norm: bool = False
     section_batchnorm: bool = False
@@ -198,8 +200,8 @@ class Hist2STModule(nn.Module):
         self.y_embed = nn.Embedding(arch.n_pos, dim) if arch.position_embedding else None
         self.transformer = Transformer(dim, arch.depth2, arch.heads, arch.dim_head, arch.dropout, arch.attn_dropout)
         self.gnn = GraphJumpingKnowledge(dim, arch.depth3, arch.policy)
-        self.zinb = ZINBHead(dim, arch.n_genes) if arch.zinb else None
-        self.pass_weight = PassWeight(dim) if arch.distillation else None
+        self.zinb = ZINBHead(dim, arch.n_genes) if arch.zinb_head else None
+        self.pass_weight = PassWeight(dim) if arch.distillation_head else None
         self.gene_head = ExpressionHead(dim, arch.n_genes)
         self.augment = SectionAugment()
         #: Patches encoded at once; larger batches are split (and checkpointed while training).

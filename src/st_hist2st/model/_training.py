@@ -194,8 +194,26 @@ def check_settings(settings: dict) -> None:
     )
 
 
+#: Architecture settings renamed in 0.2 (``zinb`` named both the head and the loss weight).
+RENAMED_ARCHITECTURE = {"distillation": "distillation_head"}
+
+
 def preset(name: str, **overrides) -> tuple[dict, Training]:
-    """Architecture overrides and :class:`Training` of the preset ``name``, with ``overrides`` applied."""
+    """Architecture overrides and :class:`Training` of the preset ``name``, with ``overrides`` applied.
+
+    The ZINB and distillation heads are built only where their losses are used, unless ``zinb_head`` or
+    ``distillation_head`` is given.
+    """
+    import warnings
+
+    for old, new in RENAMED_ARCHITECTURE.items():
+        if old in overrides:
+            warnings.warn(
+                f"The setting `{old}` is now `{new}`; the old name will be removed in the next release.",
+                FutureWarning,
+                stacklevel=4,
+            )
+            overrides[new] = overrides.pop(old)
     if name not in PRESETS:
         raise ValueError(f"Unknown `preset={name!r}`; choose one of {list(PRESETS)}.")
     check_settings(overrides)
@@ -203,4 +221,13 @@ def preset(name: str, **overrides) -> tuple[dict, Training]:
     training = PRESETS[name]["training"]
     train_over = {k: v for k, v in overrides.items() if k in TRAINING_FIELDS}
     arch.update({k: v for k, v in overrides.items() if k not in TRAINING_FIELDS})
-    return arch, replace(training, **train_over)
+    training = replace(training, **train_over)
+    arch.setdefault("zinb_head", training.zinb > 0)
+    arch.setdefault("distillation_head", training.bake > 0 and training.lamb > 0)
+    if training.zinb > 0 and not arch["zinb_head"]:
+        raise ValueError(f"`zinb={training.zinb}` weights a ZINB loss, which needs `zinb_head=True`.")
+    if training.bake > 0 and training.lamb > 0 and not arch["distillation_head"]:
+        raise ValueError(
+            f"`bake={training.bake}` distillation passes need `distillation_head=True` (or `lamb=0` or `bake=0`)."
+        )
+    return arch, training
