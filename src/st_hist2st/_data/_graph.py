@@ -150,23 +150,15 @@ def get_connectivities(
     return conn
 
 
-def to_edge_index(conn: sparse.spmatrix, libraries: pd.Series | None = None) -> np.ndarray:
-    """``(2, n_edges)`` edge index (source, target) from connectivities.
+def to_edge_index(conn: sparse.spmatrix) -> np.ndarray:
+    """``(2, n_edges)`` edge index (source, target) from the connectivities of one library.
 
-    ``conn[i, j]`` makes ``j`` a neighbour of ``i``. Self-loops are dropped. Edges between libraries are an
-    error; spots without neighbours a warning.
+    ``conn[i, j]`` makes ``j`` a neighbour of ``i``. Self-loops are dropped; spots without neighbours give a
+    warning.
     """
     coo = sparse.coo_matrix(conn)
     keep = (coo.row != coo.col) & (coo.data != 0)
     rows, cols = coo.row[keep], coo.col[keep]
-    if libraries is not None and rows.size:
-        codes = pd.Categorical(libraries).codes
-        crossing = codes[rows] != codes[cols]
-        if crossing.any():
-            raise ValueError(
-                f"The spot graph has {int(crossing.sum())} edges between different libraries. Build it per "
-                "library, e.g. `sq.gr.spatial_neighbors(adata, library_key=...)`."
-            )
     isolated = np.setdiff1d(np.arange(conn.shape[0]), rows)
     if isolated.size:
         warnings.warn(

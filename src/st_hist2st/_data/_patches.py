@@ -43,6 +43,7 @@ def crop_patches(
     patch_size: int = PATCH_SIZE,
     band_rows: int = 1024,
     show_progress_bar: bool = False,
+    progress: tqdm | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cut a square patch of side ``crop_size`` full-resolution pixels around each spot.
 
@@ -62,7 +63,9 @@ def crop_patches(
     band_rows
         Image rows read at once.
     show_progress_bar
-        Show a progress bar over the bands.
+        Show a progress bar over the spots.
+    progress
+        A progress bar of the caller's to advance by each spot instead (one bar for many libraries).
 
     Returns
     -------
@@ -74,7 +77,10 @@ def crop_patches(
     padded = np.zeros(n, dtype=np.float64)
     order = np.argsort(y0, kind="stable")
     groups = np.split(order, np.flatnonzero(np.diff(y0[order] // max(band_rows, 1))) + 1) if n else []
-    for group in tqdm(groups, desc="cropping patches", disable=not show_progress_bar, unit="band"):
+    own = progress is None
+    if own:
+        progress = tqdm(total=n, desc="cropping patches", unit="spot", disable=not show_progress_bar)
+    for group in groups:
         gx0, gy0 = x0[group], y0[group]
         r0, r1 = max(0, int(gy0.min())), min(source.height, int(gy0.max()) + side_y)
         c0, c1 = max(0, int(gx0.min())), min(source.width, int(gx0.max()) + side_x)
@@ -88,6 +94,9 @@ def crop_patches(
         patches[group] = resize_patches(crops, patch_size)
         del band
         source.release_pages()
+        progress.update(len(group))
+    if own:
+        progress.close()
     return patches, padded
 
 

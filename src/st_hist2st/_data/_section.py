@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from anndata import AnnData
+from tqdm.auto import tqdm
 
 from st_hist2st._constants import MOSTLY_PADDED, PATCH_SIZE, Key
 from st_hist2st._data._graph import Layout, get_connectivities, grid_positions, to_edge_index
@@ -51,7 +51,6 @@ class Section:
     targets: torch.Tensor | None = None
     counts: torch.Tensor | None = None
     size_factors: torch.Tensor | None = None
-    padded: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def n_spots(self) -> int:
@@ -115,11 +114,12 @@ def extract_patches(
     patches = np.empty((adata.n_obs, 3, patch_size, patch_size), dtype=np.uint8)
     padded = np.zeros(adata.n_obs)
     crops = resolve_crops(adata, image_key, libraries.cat.categories, image, crop_size)
-    for lib, (source, side) in crops.items():
-        idx = np.flatnonzero((libraries == lib).to_numpy())
-        patches[idx], padded[idx] = crop_patches(
-            source, coords[idx], side, patch_size=patch_size, show_progress_bar=show_progress_bar
-        )
+    with tqdm(total=adata.n_obs, desc="cropping patches", unit="spot", disable=not show_progress_bar) as progress:
+        for lib, (source, side) in crops.items():
+            idx = np.flatnonzero((libraries == lib).to_numpy())
+            patches[idx], padded[idx] = crop_patches(
+                source, coords[idx], side, patch_size=patch_size, progress=progress
+            )
     warn_padding(padded, [side for _, side in crops.values()])
     return patches, padded
 
@@ -187,48 +187,35 @@ def prepare_sections(
         positions=positions,
     )
     sections, padded_all = [], []
-    for lib in wanted:
-        idx = np.flatnonzero((libs == lib).to_numpy())
-        if idx.size == 0:
-            raise ValueError(f"Library {lib!r} has no spots.")
-        sub = conn[idx][:, idx]
-        outside = conn[idx].nnz - sub.nnz
-        if outside:
-            raise ValueError(
-                f"The spot graph has {outside} edges from library {lib!r} to other libraries. Build it per library,"
-                " e.g. `sq.gr.spatial_neighbors(adata, library_key=...)`."
+    n_spots = int(libs.isin(wanted).sum())
+    with tqdm(total=n_spots, desc="cropping patches", unit="spot", disable=not show_progress_bar) as progress:
+        for lib in wanted:
+            idx = np.flatnonzero((libs == lib).to_numpy())
+            if idx.size == 0:
+                raise ValueError(f"Library {lib!r} has no spots.")
+            sub = conn[idx][:, idx]
+            outside = conn[idx].nnz - sub.nnz
+            if outside:
+                raise ValueError(
+                    f"The spot graph has {outside} edges from library {lib!r} to other libraries. Build it per library,"
+                    " e.g. `sq.gr.spatial_neighbors(adata, library_key=...)`."
+                )
+            source, side = crops[lib]
+            patches, padded = crop_patches(source, coords[idx], side, patch_size=PATCH_SIZE, progress=progress)
+            padded_all.append(padded)
+            section = Section(
+                library_id=str(lib),
+                obs_index=idx,
+                patches=torch.from_numpy(patches),
+                positions=torch.from_numpy(positions[idx]),
+                edge_index=torch.from_numpy(to_edge_index(sub)),
             )
-        source, side = crops[lib]
-        patches, padded = crop_patches(
-            source, coords[idx], side, patch_size=PATCH_SIZE, show_progress_bar=show_progress_bar
-        )
-        padded_all.append(padded)
-        section = Section(
-            library_id=str(lib),
-            obs_index=idx,
-            patches=torch.from_numpy(patches),
-            positions=torch.from_numpy(positions[idx]),
-            edge_index=torch.from_numpy(to_edge_index(sub)),
-            padded=padded,
-        )
-        if counts_all is not None:
-            counts = counts_all[idx]
-            section.counts = torch.from_numpy(counts)
-            totals = None if totals_all is None else totals_all[idx]
-            section.targets = torch.from_numpy(expression_targets(counts, totals))
-            section.size_factors = torch.from_numpy(size_factors(counts, totals))
-        sections.append(section)
+            if counts_all is not None:
+                counts = counts_all[idx]
+                section.counts = torch.from_numpy(counts)
+                totals = None if totals_all is None else totals_all[idx]
+                section.targets = torch.from_numpy(expression_targets(counts, totals))
+                section.size_factors = torch.from_numpy(size_factors(counts, totals))
+            sections.append(section)
     warn_padding(np.concatenate(padded_all), [side for _, side in crops.values()], stacklevel=4)
     return sections
-
-
-def library_summary(sections: Sequence[Section]) -> pd.DataFrame:
-    """One row per section: spots, edges, padded patches."""
-    return pd.DataFrame(
-        {
-            "library_id": [s.library_id for s in sections],
-            "n_spots": [s.n_spots for s in sections],
-            "n_edges": [int(s.edge_index.shape[1]) for s in sections],
-            "n_padded": [int((s.padded > 0).sum()) for s in sections],
-        }
-    ).set_index("library_id")

@@ -89,9 +89,7 @@ def her2st(
     adatas = {s: _read_section(root, s, fullres=fullres) for s in sections}
     # the images move over by reference; concat's uns merging would copy them
     spatial = {s: a.uns.pop(Key.spatial)[s] for s, a in adatas.items()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        adata = ad.concat(adatas, label=Key.library, join="outer")
+    adata = ad.concat(adatas, label=Key.library, join="outer")
     adata.uns[Key.spatial] = spatial
     adata.obs[Key.library] = pd.Categorical(adata.obs[Key.library], categories=list(sections))
     adata.X = sparse.csr_matrix(adata.X)
