@@ -20,7 +20,7 @@ import numpy as np
 
 import st_hist2st as hist2st
 from st_hist2st._data._targets import expression_targets
-from st_hist2st.model._plan import pearson_per_gene
+from st_hist2st.nn._plan import pearson_per_gene
 
 ROOT = Path(os.environ.get("HIST2ST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "her2st"))
 

@@ -74,7 +74,7 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
 
 def device_batch(section) -> dict:
     """The model's tensors of a prepared section, on the benchmark's device."""
-    from st_hist2st._model import section_batch
+    from st_hist2st._data._dataset import section_batch
 
     return {k: v.to(DEVICE) for k, v in section_batch(section).items()}
 
@@ -90,8 +90,8 @@ def sections():
 
 
 def make_plan(**settings):
-    from st_hist2st.model._plan import Hist2STPlan
-    from st_hist2st.model._training import preset
+    from st_hist2st.nn._plan import Hist2STPlan
+    from st_hist2st.nn._training import preset
 
     arch, training = preset("paper", **settings)
     return Hist2STPlan(arch, training.to_dict()).to(DEVICE)

@@ -6,23 +6,14 @@ import torch
 from scipy.special import gammaln
 from torch import nn
 
-from st_hist2st.model import (
-    Architecture,
-    GraphSAGE,
-    Hist2STModule,
-    PatchEncoder,
-    SectionAugment,
-    correlation_loss,
-    distillation_teacher,
-    random_stain_jitter,
-    zinb_nll,
-)
-from st_hist2st.model._augment import random_dihedral
-from st_hist2st.model._convmixer import SectionBatchNorm2d
-from st_hist2st.model._gnn import GraphJumpingKnowledge, lstm_mean, mean_adjacency
-from st_hist2st.model._module import section_channel_statistics
-from st_hist2st.model._plan import Hist2STPlan, pearson_per_gene
-from st_hist2st.model._training import Training, preset
+from st_hist2st.nn import Architecture, Hist2STModule, correlation_loss, random_stain_jitter
+from st_hist2st.nn._augment import SectionAugment, random_dihedral
+from st_hist2st.nn._convmixer import PatchEncoder, SectionBatchNorm2d
+from st_hist2st.nn._gnn import GraphJumpingKnowledge, GraphSAGE, lstm_mean, mean_adjacency
+from st_hist2st.nn._losses import distillation_teacher, zinb_nll
+from st_hist2st.nn._module import section_channel_statistics
+from st_hist2st.nn._plan import Hist2STPlan, pearson_per_gene
+from st_hist2st.nn._training import Training, preset
 
 
 def test_parameter_count_matches_the_authors_model():
@@ -192,7 +183,7 @@ def test_training_settings_are_checked():
 
 
 def test_crop_section_keeps_a_window_and_its_subgraph():
-    from st_hist2st.model._plan import crop_section
+    from st_hist2st.nn._plan import crop_section
 
     # a 4 x 4 grid with edges between horizontal neighbours
     pos = torch.tensor([[c, r] for r in range(4) for c in range(4)])
@@ -382,7 +373,7 @@ def test_section_batchnorm_encodes_a_section_at_prediction_as_in_training(tiny):
 
 
 def test_per_sequence_attention_checkpointing_recomputes_the_same_dropout_masks():
-    from st_hist2st.model._transformer import Transformer
+    from st_hist2st.nn._transformer import Transformer
 
     torch.manual_seed(0)
     transformer = Transformer(8, depth=2, heads=2, dim_head=4, dropout=0.0, attn_dropout=0.5).double().train()

@@ -11,7 +11,7 @@ from anndata import AnnData
 
 import st_hist2st as hist2st
 from st_hist2st._data._targets import expression_targets
-from st_hist2st.model._plan import pearson_per_gene
+from st_hist2st.nn._plan import pearson_per_gene
 
 
 def test_fit_returns_a_trained_model_with_history(trained, adata):
@@ -361,7 +361,7 @@ def test_step_in_backward_refuses_clipping_and_several_processes(adata, tiny):
     # Lightning turns '16-mixed' into 'bf16-mixed' on a CPU, so the fp16 case is checked on a trainer's attributes
     from types import SimpleNamespace
 
-    from st_hist2st.model._plan import check_step_in_backward
+    from st_hist2st.nn._plan import check_step_in_backward
 
     with pytest.raises(ValueError, match="cannot unscale fp16"):
         check_step_in_backward(SimpleNamespace(world_size=1, precision="16-mixed"))
@@ -370,7 +370,7 @@ def test_step_in_backward_refuses_clipping_and_several_processes(adata, tiny):
 
 
 def test_plan_refuses_a_network_of_another_architecture(tiny):
-    from st_hist2st.model import Architecture, Hist2STModule, Hist2STPlan, Training
+    from st_hist2st.nn import Architecture, Hist2STModule, Hist2STPlan, Training
 
     net = Hist2STModule(Architecture(n_genes=5, **tiny))
     with pytest.raises(ValueError, match="`net` was built with"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from st_hist2st import datasets, model, pl, pp, tl
+from st_hist2st import datasets, model, nn, pl, pp, tl
 from st_hist2st._model import Hist2ST
 
 try:
@@ -12,4 +12,4 @@ try:
 except PackageNotFoundError:  # pragma: no cover - not installed
     __version__ = "0.0.0"
 
-__all__ = ["Hist2ST", "datasets", "model", "pl", "pp", "tl", "__version__"]
+__all__ = ["Hist2ST", "datasets", "nn", "pl", "pp", "tl", "__version__"]

@@ -6,7 +6,6 @@ import gc
 import json
 import logging
 import tempfile
-import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,9 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from st_hist2st._constants import Key
+from st_hist2st._data._dataset import EpochShuffle, SectionDataset, identity_collate, target_statistics
 from st_hist2st._data._section import Section, prepare_sections
+from st_hist2st._inference import predict_section
 from st_hist2st._persistence import (
     CARD_FILE,
     CONFIG_FILE,
@@ -37,7 +38,8 @@ from st_hist2st._training_run import (
     checkpoint_file,
     keep_sigint_handler,
     last_checkpoint,
-    no_lightning_advert,
+    lightning_notices,
+    make_trainer,
     seeded,
 )
 from st_hist2st._utils import (
@@ -48,69 +50,13 @@ from st_hist2st._utils import (
     check_var_names,
     get_libraries,
 )
-from st_hist2st.model._augment import dihedral
-from st_hist2st.model._module import Architecture, Hist2STModule
-from st_hist2st.model._numerics import flush_denormals
-from st_hist2st.model._plan import Hist2STPlan, check_step_in_backward, step_seed
-from st_hist2st.model._training import Training
-from st_hist2st.model._training import preset as get_preset
+from st_hist2st.nn._module import Architecture, Hist2STModule
+from st_hist2st.nn._numerics import flush_denormals
+from st_hist2st.nn._plan import Hist2STPlan, check_step_in_backward
+from st_hist2st.nn._training import Training
+from st_hist2st.nn._training import preset as get_preset
 
 logger = logging.getLogger(__name__)
-
-
-class SectionDataset(torch.utils.data.Dataset):
-    """Sections as dicts of tensors, each ``repeats`` times per epoch."""
-
-    def __init__(self, sections: Sequence[Section], repeats: int = 1) -> None:
-        self.items = [section_batch(s) for s in sections]
-        self.repeats = repeats
-
-    def __len__(self) -> int:
-        return len(self.items) * self.repeats
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.items[index % len(self.items)]
-
-
-def section_batch(section: Section) -> dict[str, torch.Tensor]:
-    """The tensors of a section that the model needs."""
-    batch = {"patches": section.patches, "positions": section.positions, "edge_index": section.edge_index}
-    for name in ("targets", "counts", "size_factors"):
-        if getattr(section, name) is not None:
-            batch[name] = getattr(section, name)
-    return batch
-
-
-def target_statistics(sections: Sequence[Section]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-gene mean and variance of the targets over all spots of ``sections``."""
-    targets = torch.cat([s.targets for s in sections]).double()
-    return targets.mean(0), targets.var(0, unbiased=False)
-
-
-class EpochShuffle(torch.utils.data.Sampler):
-    """A random order of ``n`` items drawn from ``seed`` and the epoch (Lightning calls ``set_epoch``).
-
-    The order does not depend on the random draws made before, so a fit resumed at any epoch sees the sections
-    in the order an uninterrupted one does.
-    """
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw the order of ``epoch``."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(step_seed(self.seed, self.epoch, rank=1))
-        return iter(torch.randperm(self.n, generator=generator).tolist())
-
-
-def _identity(batch):
-    return batch
 
 
 class Hist2ST:
@@ -126,8 +72,8 @@ class Hist2ST:
     seed
         Seed of the initial weights.
     **settings
-        Overrides of :class:`~st_hist2st.model.Architecture` (e.g. ``depth2=2``) or
-        :class:`~st_hist2st.model.Training` (e.g. ``learning_rate=1e-4``) fields.
+        Overrides of :class:`~st_hist2st.nn.Architecture` (e.g. ``depth2=2``) or
+        :class:`~st_hist2st.nn.Training` (e.g. ``learning_rate=1e-4``) fields.
 
     Examples
     --------
@@ -187,8 +133,6 @@ class Hist2ST:
         stopped. If training fails or is interrupted (Ctrl-C raises :class:`KeyboardInterrupt`), a model that
         was trained before keeps its previous weights and history, and an untrained one stays untrained.
         """
-        import lightning as L
-
         check_adata(adata)
         check_var_names(adata)
         check_normalize_over(normalize_over)
@@ -210,31 +154,22 @@ class Hist2ST:
             checkpoint_dir = ckpt_path.parent if checkpoint_dir is None else checkpoint_dir
         with tempfile.TemporaryDirectory(prefix="hist2st-") as tmp, seeded(seed):
             history_path = str(Path(tmp) / "history.json")
-            kwargs = {
-                "max_epochs": self.training.max_epochs,
-                "accelerator": accelerator,
-                "devices": devices,
-                "strategy": strategy,
-                "num_nodes": num_nodes,
-                "precision": check_precision(precision),
-                "gradient_clip_val": self.training.gradient_clip,
-                "enable_progress_bar": show_progress_bar,
-                "enable_model_summary": False,
-                "logger": False,
-                "num_sanity_val_steps": 0,
-                "default_root_dir": tmp,
-                "log_every_n_steps": 1,
-            }
-            extra = dict(trainer_kwargs or {})
-            callbacks = self._callbacks() + list(extra.pop("callbacks", None) or [])
+            callbacks = self._callbacks()
             if checkpoint_dir is not None:
                 callbacks.append(last_checkpoint(checkpoint_dir))
             callbacks.append(CheckpointRecord({"genes": self.genes, "preset": self.preset}))
-            kwargs["callbacks"] = callbacks
-            kwargs["enable_checkpointing"] = any(type(c).__name__ == "ModelCheckpoint" for c in callbacks)
-            kwargs.update(extra)
-            with no_lightning_advert():
-                trainer = L.Trainer(**kwargs)
+            trainer = make_trainer(
+                self.training,
+                callbacks,
+                trainer_kwargs,
+                root=tmp,
+                accelerator=accelerator,
+                devices=devices,
+                strategy=strategy,
+                num_nodes=num_nodes,
+                precision=check_precision(precision),
+                show_progress_bar=show_progress_bar,
+            )
             if self.training.step_in_backward:
                 check_step_in_backward(trainer)  # before the patches are cut
             common = {
@@ -268,10 +203,12 @@ class Hist2ST:
             }
             dataset = SectionDataset(train, self.training.crops_per_section)
             loader = torch.utils.data.DataLoader(
-                dataset, batch_size=None, sampler=EpochShuffle(len(dataset), seed), collate_fn=_identity
+                dataset, batch_size=None, sampler=EpochShuffle(len(dataset), seed), collate_fn=identity_collate
             )
             val_loader = (
-                torch.utils.data.DataLoader(SectionDataset(val), batch_size=None, collate_fn=_identity) if val else None
+                torch.utils.data.DataLoader(SectionDataset(val), batch_size=None, collate_fn=identity_collate)
+                if val
+                else None
             )
             # trains self.module in place: a second copy of the weights would cost 0.3 GB at the paper's size
             plan = Hist2STPlan(
@@ -282,14 +219,7 @@ class Hist2ST:
             self.module.train()
             # a re-fit that fails must not leave half-updated weights on a model marked trained
             previous = {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
-            with warnings.catch_warnings(), keep_sigint_handler(), flush_denormals():
-                warnings.filterwarnings("ignore", ".*does not have many workers.*")
-                warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
-                warnings.filterwarnings("ignore", ".*defined a `validation_step` but have no `val_dataloader`.*")
-                # Lightning's own use of torch's pytree module; nothing the caller can act on
-                warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)", FutureWarning)
-                if ckpt_path is not None:  # the folder holds the checkpoint resumed from, to be replaced
-                    warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
+            with lightning_notices(resuming=ckpt_path is not None), keep_sigint_handler(), flush_denormals():
                 try:
                     trainer.fit(plan, loader, val_loader, ckpt_path=None if ckpt_path is None else str(ckpt_path))
                 except BaseException as err:
@@ -409,18 +339,7 @@ class Hist2ST:
         self, section: Section, device: torch.device, precision: str = "32-true", test_time_augmentation: bool = False
     ) -> np.ndarray:
         """Predicted expression of one prepared section, averaged over the 8 views with ``test_time_augmentation``."""
-        batch = {k: v.to(device) for k, v in section_batch(section).items()}
-        views = range(8) if test_time_augmentation else range(1)
-        total = None
-        with (
-            torch.inference_mode(),
-            torch.autocast(device.type, dtype=torch.bfloat16, enabled=check_precision(precision) == "bf16-mixed"),
-        ):
-            for symmetry in views:
-                patches = dihedral(batch["patches"], symmetry)
-                pred = self.module(patches, batch["positions"], batch["edge_index"]).expression[0].float()
-                total = pred if total is None else total + pred
-        return (total / len(views)).cpu().numpy()
+        return predict_section(self.module, section, device, check_precision(precision), test_time_augmentation)
 
     def _check_trained(self) -> None:
         if not self.is_trained:

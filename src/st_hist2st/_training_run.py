@@ -60,6 +60,61 @@ def no_lightning_advert() -> Iterator[None]:
         log.removeFilter(advert)
 
 
+def make_trainer(
+    training: Any,
+    callbacks: list,
+    trainer_kwargs: dict[str, Any] | None,
+    *,
+    root: str,
+    accelerator: str,
+    devices: Any,
+    strategy: Any,
+    num_nodes: int,
+    precision: str,
+    show_progress_bar: bool,
+) -> L.Trainer:
+    """The Lightning Trainer of a fit: no logger or model summary, checkpoints only where a callback asks.
+
+    ``trainer_kwargs`` override these settings; its ``callbacks`` are added to ``callbacks``.
+    """
+    extra = dict(trainer_kwargs or {})
+    callbacks = list(callbacks) + list(extra.pop("callbacks", None) or [])
+    kwargs = {
+        "max_epochs": training.max_epochs,
+        "accelerator": accelerator,
+        "devices": devices,
+        "strategy": strategy,
+        "num_nodes": num_nodes,
+        "precision": precision,
+        "gradient_clip_val": training.gradient_clip,
+        "enable_progress_bar": show_progress_bar,
+        "enable_model_summary": False,
+        "logger": False,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": root,
+        "log_every_n_steps": 1,
+        "callbacks": callbacks,
+        "enable_checkpointing": any(type(c).__name__ == "ModelCheckpoint" for c in callbacks),
+        **extra,
+    }
+    with no_lightning_advert():
+        return L.Trainer(**kwargs)
+
+
+@contextlib.contextmanager
+def lightning_notices(*, resuming: bool) -> Iterator[None]:
+    """Keep out Lightning's notices that are about its own code or the one-section-per-step design, not the fit."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", ".*defined a `validation_step` but have no `val_dataloader`.*")
+        # Lightning's own use of torch's pytree module; nothing the caller can act on
+        warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)", FutureWarning)
+        if resuming:  # the folder holds the checkpoint resumed from, to be replaced
+            warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
+        yield
+
+
 def last_checkpoint(checkpoint_dir: str | Path) -> L.Callback:
     """A checkpoint of the whole training state written to ``checkpoint_dir/last.ckpt`` after every epoch."""
     from lightning.pytorch.callbacks import ModelCheckpoint

@@ -28,7 +28,7 @@ class Training:
         Weight of the ZINB negative log-likelihood.
     pearson
         Weight of a correlation loss, one minus the Pearson r between prediction and target over the spots
-        of the section, averaged over genes (:func:`~st_hist2st.model.correlation_loss`): the measure
+        of the section, averaged over genes (:func:`~st_hist2st.nn.correlation_loss`): the measure
         predictions are judged by, indifferent to each gene's level and scale in a section. ``0`` trains on
         the squared error alone, as the paper.
     lamb
@@ -50,7 +50,7 @@ class Training:
         tissue section has no orientation): the network sees new pixels each epoch instead of memorising.
     stain_jitter
         Show the clean pass each patch with its haematoxylin, eosin and DAB amounts varied at random by up to
-        this fraction (:func:`~st_hist2st.model.random_stain_jitter`), as another lab's staining would be;
+        this fraction (:func:`~st_hist2st.nn.random_stain_jitter`), as another lab's staining would be;
         ``None`` shows the patches as they are.
     init_output_bias
         Start the bias of the expression head at each gene's mean target over the training spots, so that
@@ -177,7 +177,7 @@ def check_settings(settings: dict) -> None:
     """One error naming every unknown setting, with the valid names of :class:`Architecture` and :class:`Training`."""
     import difflib
 
-    from st_hist2st.model._module import Architecture
+    from st_hist2st.nn._module import Architecture
 
     architecture = sorted(f.name for f in fields(Architecture) if f.name != "n_genes")
     unknown = [k for k in settings if k not in TRAINING_FIELDS and k not in architecture and k != "n_genes"]

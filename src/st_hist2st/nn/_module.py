@@ -7,11 +7,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from st_hist2st.model._augment import SectionAugment
-from st_hist2st.model._convmixer import PatchEncoder, SectionBatchNorm2d
-from st_hist2st.model._gnn import GraphJumpingKnowledge
-from st_hist2st.model._heads import ExpressionHead, PassWeight, ZINBHead
-from st_hist2st.model._transformer import Transformer
+from st_hist2st.nn._augment import SectionAugment
+from st_hist2st.nn._convmixer import PatchEncoder, SectionBatchNorm2d
+from st_hist2st.nn._gnn import GraphJumpingKnowledge
+from st_hist2st.nn._heads import ExpressionHead, PassWeight, ZINBHead
+from st_hist2st.nn._transformer import Transformer
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ class Architecture:
 
 @dataclass
 class Hist2STOutput:
-    """What :class:`~st_hist2st.model.Hist2STModule` returns.
+    """What :class:`~st_hist2st.nn.Hist2STModule` returns.
 
     Attributes
     ----------
@@ -182,7 +182,7 @@ class Hist2STModule(nn.Module):
     ------
     ``patches`` ``(B, N, 3, fig_size, fig_size)`` (uint8 or float; ``B`` passes of the same section, e.g. the
     clean one and its augmentations), ``positions`` ``(N, 2)`` integer grid (column, row), ``edge_index``
-    ``(2, E)``; output :class:`~st_hist2st.model.Hist2STOutput` with ``(B, N, n_genes)`` expression.
+    ``(2, E)``; output :class:`~st_hist2st.nn.Hist2STOutput` with ``(B, N, n_genes)`` expression.
     """
 
     def __init__(self, arch: Architecture | None = None, **kwargs) -> None:

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from st_hist2st.model._augment import random_dihedral, random_stain_jitter
-from st_hist2st.model._losses import correlation_loss, distillation_loss, zinb_nll
-from st_hist2st.model._module import Architecture, Hist2STModule
-from st_hist2st.model._training import Training
+from st_hist2st.nn._augment import random_dihedral, random_stain_jitter
+from st_hist2st.nn._losses import correlation_loss, distillation_loss, zinb_nll
+from st_hist2st.nn._module import Architecture, Hist2STModule
+from st_hist2st.nn._training import Training
 
 
 def crop_section(batch: dict, fraction: float, generator: torch.Generator | None = None) -> dict:
@@ -67,9 +67,9 @@ class Hist2STPlan(L.LightningModule):
     Parameters
     ----------
     architecture
-        Keyword arguments of :class:`~st_hist2st.model.Architecture`.
+        Keyword arguments of :class:`~st_hist2st.nn.Architecture`.
     training
-        Keyword arguments of :class:`~st_hist2st.model.Training`.
+        Keyword arguments of :class:`~st_hist2st.nn.Training`.
     history_path
         JSON file the rank-0 process rewrites after every epoch with the history (it survives spawned
         processes).

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from st_hist2st.model._dropout import Dropout
+from st_hist2st.nn._dropout import Dropout
 
 
 class SectionBatchNorm2d(nn.BatchNorm2d):

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from st_hist2st.model._dropout import Dropout, dropout
+from st_hist2st.nn._dropout import Dropout, dropout
 
 
 class Attention(nn.Module):
