@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 URL = "https://github.com/almaan/her2st/raw/master/"
 LOWRES_MAX_SIDE = 2000
+#: The genes Hist2ST predicts on her2st, one per line, where a data folder holds them.
+GENES_FILE = "genes_785.txt"
 
 #: SHA-256 of the public repository's files whose content is known, by path under the repository's root. Each is
 #: checked after a download and the first time it is read in a process; other files are checked by decoding them.
@@ -80,6 +82,8 @@ def her2st(
     - ``obs['library_id']``: section; ``obs['array_row']`` / ``obs['array_col']``: grid position;
       ``obs['label']``: pathologist label when ``data/ST-pat/lbl/{section}_labeled_coordinates.tsv`` exists;
     - ``obsm['spatial']``: spot centres (x, y) in full-resolution pixels;
+    - ``var['highly_variable']``: the genes Hist2ST predicts on this dataset, when ``root`` holds their list
+      (``genes_785.txt``, one gene per line); :func:`st_hist2st.tl.fit` models these by default;
     - ``uns['spatial'][section]``: ``images`` (``'fullres'``, ``'lowres'``), ``scalefactors``
       (``tissue_fullres_scalef`` = 1, ``tissue_lowres_scalef``, ``spot_diameter_fullres``) and ``metadata``
       (``source_image_path``).
@@ -93,6 +97,11 @@ def her2st(
     adata.uns[Key.spatial] = spatial
     adata.obs[Key.library] = pd.Categorical(adata.obs[Key.library], categories=list(sections))
     adata.X = sparse.csr_matrix(adata.X)
+    genes_file = root / GENES_FILE
+    if genes_file.is_file():
+        genes = set(genes_file.read_text().split())
+        adata.var[Key.highly_variable] = adata.var_names.isin(genes)
+        logger.info("var['highly_variable']: the %d genes of %s", int(adata.var[Key.highly_variable].sum()), genes_file)
     logger.info("loaded her2st sections %s: %d spots, %d genes", list(sections), adata.n_obs, adata.n_vars)
     return adata
 
