@@ -111,8 +111,8 @@ def fit(
     trainer_kwargs
         Further arguments of :class:`lightning.pytorch.Trainer` (callbacks, logger, checkpointing, ...).
     **settings
-        Overrides of the architecture (:class:`~st_hist2st.model.Architecture`, e.g. ``depth2=4``) or the
-        training (:class:`~st_hist2st.model.Training`, e.g. ``learning_rate=3e-4``). ``n_pos`` defaults to 64,
+        Overrides of the architecture (:class:`~st_hist2st.nn.Architecture`, e.g. ``depth2=4``) or the
+        training (:class:`~st_hist2st.nn.Training`, e.g. ``learning_rate=3e-4``). ``n_pos`` defaults to 64,
         or the next multiple of 64 that holds the grid positions.
 
     Returns
