@@ -7,9 +7,11 @@ from anndata import AnnData
 
 from st_hist2st._constants import PATCH_SIZE, Key
 from st_hist2st._data._section import extract_patches as _extract
+from st_hist2st._docs import inject_docs
 from st_hist2st._utils import check_adata
 
 
+@inject_docs
 def extract_patches(
     adata: AnnData,
     image_key: str,
@@ -33,19 +35,15 @@ def extract_patches(
     adata
         Spots with centres (x, y) in full-resolution pixels in ``obsm[spatial_key]``.
     image_key
-        Image to crop from: a key of ``uns['spatial'][library_id]['images']`` (scaled by
-        ``scalefactors['tissue_{image_key}_scalef']``), a layer of the ImageContainer or an image element of
-        the SpatialData object given as ``image``.
+        %(image_key)s
     library_key
-        Column of ``obs`` with the section of each spot.
+        %(library_key)s
     spatial_key
-        Key of the spot centres in ``obsm``.
+        %(spatial_key)s
     image
-        A :class:`squidpy.im.ImageContainer` or :class:`spatialdata.SpatialData` to crop from instead of
-        ``adata.uns['spatial']``.
+        %(image)s
     crop_size
-        Side of the crop in full-resolution pixels; defaults to ``spot_diameter_fullres`` of each library.
-        The paper uses 112 on her2st.
+        %(crop_size)s Default ``scalefactors['spot_diameter_fullres']`` of each library.
     patch_size
         Side of the returned patches in pixels.
     show_progress_bar

@@ -9,12 +9,14 @@ from anndata import AnnData
 
 from st_hist2st._constants import Key
 from st_hist2st._data._graph import grid_positions
+from st_hist2st._docs import inject_docs
 from st_hist2st._model import Hist2ST
 from st_hist2st._utils import check_adata, check_var_names, get_libraries, resolve_genes
 
 logger = logging.getLogger(__name__)
 
 
+@inject_docs
 def fit(
     adata: AnnData,
     image_key: str,
@@ -54,26 +56,23 @@ def fit(
         full-resolution pixels in ``obsm[spatial_key]`` and, unless ``image`` is given, the images in
         ``uns['spatial'][library_id]['images']`` with their ``scalefactors``.
     image_key
-        Image to crop patches from: a key of ``uns['spatial'][library_id]['images']`` (e.g. ``'hires'``), a
-        layer of the ImageContainer or an image element of the SpatialData object given as ``image``.
+        %(image_key)s
     genes
         Genes to predict; default ``var['highly_variable']`` when present, else all genes.
     library_key
-        Column of ``obs`` with the section of each spot; one section when the default column is absent.
+        %(library_key)s
     layer
         Layer with the raw counts; ``None`` uses ``X``.
     spatial_key
-        Key of the spot centres in ``obsm``.
+        %(spatial_key)s
     connectivity_key
-        Key of the spot graph in ``obsp`` (squidpy's default); when absent, the graph is built with the paper's
-        rule (see :func:`st_hist2st.pp.spatial_graph`).
+        %(connectivity_key)s
     validation_libraries
         Libraries held out for validation; their mean Pearson r per epoch is kept in ``model.history``.
     image
-        A :class:`squidpy.im.ImageContainer` or :class:`spatialdata.SpatialData` with the images.
+        %(image)s
     crop_size
-        Side of the patch cut around each spot, in full-resolution pixels; defaults to
-        ``scalefactors['spot_diameter_fullres']``. The paper uses 112 on her2st.
+        %(crop_size)s Default ``scalefactors['spot_diameter_fullres']`` of each library.
     layout
         Spot array for a graph built here: ``'st'``, ``'visium'`` or ``'auto'``.
     normalize_over
@@ -107,7 +106,7 @@ def fit(
         training continues from its last completed epoch and ends with the weights an uninterrupted fit with the
         same ``seed`` would give (on the CPU; see :doc:`/reproducibility`).
     show_progress_bar
-        Show progress bars.
+        %(show_progress_bar)s
     trainer_kwargs
         Further arguments of :class:`lightning.pytorch.Trainer` (callbacks, logger, checkpointing, ...).
     **settings

@@ -10,12 +10,14 @@ import pandas as pd
 from anndata import AnnData
 
 from st_hist2st._constants import Key
+from st_hist2st._docs import inject_docs
 from st_hist2st._model import Hist2ST, resolve_model
 from st_hist2st._utils import check_adata, check_not_view, check_precision, check_var_names, get_libraries
 
 logger = logging.getLogger(__name__)
 
 
+@inject_docs
 def predict(
     adata: AnnData,
     model: Hist2ST | str | Path | Sequence[Hist2ST | str | Path],
@@ -51,17 +53,17 @@ def predict(
         same genes in the same order). Each model crops with its own training settings unless ``image_key``
         or ``crop_size`` is given.
     image_key
-        Image to crop from; default the key the model was trained with.
+        %(image_key)s Default the key the model was trained with.
     library_key
-        Column of ``obs`` with the section of each spot.
+        %(library_key)s
     spatial_key
-        Key of the spot centres in ``obsm``.
+        %(spatial_key)s
     connectivity_key
-        Key of the spot graph in ``obsp``; built with the paper's rule when absent.
+        %(connectivity_key)s
     image
-        A :class:`squidpy.im.ImageContainer` or :class:`spatialdata.SpatialData` with the images.
+        %(image)s
     crop_size
-        Crop side in full-resolution pixels; default the model's training setting.
+        %(crop_size)s Default the model's training setting.
     device
         Torch device; default CUDA when available.
     precision
@@ -72,7 +74,7 @@ def predict(
         tissue section has no orientation). Eight times the work; on the four held-out her2st sections it raised
         the mean Pearson r of the ``'fast'`` preset by 0.003-0.014 (see :doc:`/model`).
     show_progress_bar
-        Show progress bars.
+        %(show_progress_bar)s
     key_added
         Name of the layer and of the ``uns`` entry written.
     copy
