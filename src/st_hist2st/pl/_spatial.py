@@ -21,6 +21,7 @@ from st_hist2st.tl._evaluate import observed_targets, pearson_columns
 
 
 def _default_img_key(adata: AnnData, library_id: str) -> str | None:
+    """The lowest-resolution image of the library that has a scale factor; ``None`` without one."""
     images = adata.uns.get(Key.spatial, {}).get(library_id, {}).get(Key.images, {})
     for key in ("lowres", "hires", *images):
         if key in images and f"tissue_{key}_scalef" in adata.uns[Key.spatial][library_id].get(Key.scalefactors, {}):
@@ -101,14 +102,18 @@ def spatial_pred(
     missing = [g for g in genes if g not in observed.columns]
     if missing:
         raise KeyError(f"No predictions in `layers[{key!r}]` for {missing}.")
-    image_key = _default_img_key(adata, library_id) if image_key is None else image_key
+    if image_key is None:
+        image_key = _default_img_key(adata, library_id)
     sub = AnnData(
         X=np.asarray(adata[idx, genes].layers[key], dtype=np.float32),
         obs=pd.DataFrame({"library": pd.Categorical([library_id] * int(idx.sum()))}, index=adata.obs_names[idx]),
         var=pd.DataFrame(index=genes),
         obsm={Key.spatial: np.asarray(adata.obsm[Key.spatial])[idx]},
-        uns={Key.spatial: {library_id: adata.uns[Key.spatial][library_id]}},
     )
+    entry = adata.uns.get(Key.spatial, {}).get(library_id)
+    if entry is not None:
+        sub.uns[Key.spatial] = {library_id: entry}
+    # without an image and scale factors in uns (e.g. the images are in a SpatialData object) the spots are dots
     sub.layers["observed"] = observed.loc[sub.obs_names, genes].to_numpy(np.float32)
     r, _ = pearson_columns(sub.X.astype(np.float64), sub.layers["observed"].astype(np.float64))
     if ax is None:
@@ -132,9 +137,10 @@ def spatial_pred(
                     layer=lay,
                     library_id=library_id,
                     library_key="library",
+                    shape="circle" if entry is not None else None,
                     img=image_key is not None,
                     img_res_key=image_key,
-                    size=size,
+                    size=size if entry is not None else None,
                     cmap=cmap,
                     norm=norm,
                     ax=axes[k, j],
