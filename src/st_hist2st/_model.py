@@ -131,11 +131,13 @@ class Hist2ST:
 
         ``ckpt_path`` (a checkpoint file, or a ``checkpoint_dir`` of an earlier fit) continues that fit where it
         stopped. If training fails or is interrupted (Ctrl-C raises :class:`KeyboardInterrupt`), a model that
-        was trained before keeps its previous weights and history, and an untrained one stays untrained.
+        was trained before keeps its previous weights, settings and history; an untrained one stays marked
+        untrained (resume it from ``checkpoint_dir``, or start a new one).
         """
         check_adata(adata)
         check_var_names(adata)
         check_normalize_over(normalize_over)
+        settings_before = self.training
         if max_epochs is not None:
             self.training = replace(self.training, max_epochs=int(max_epochs))
         libs = get_libraries(adata, library_key)
@@ -217,12 +219,18 @@ class Hist2ST:
             plan.set_gene_statistics(*target_statistics(train), init_bias=not self.is_trained)
             # Lightning keeps the modules' train/eval mode as it finds it, and prediction leaves them in eval mode
             self.module.train()
-            # a re-fit that fails must not leave half-updated weights on a model marked trained
-            previous = {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
+            # a re-fit that fails must not leave half-updated weights on a model marked trained; a first fit has
+            # nothing to keep (and the copy would cost the paper network's 0.3 GB)
+            previous = (
+                {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
+                if self.is_trained
+                else None
+            )
             with lightning_notices(resuming=ckpt_path is not None), keep_sigint_handler(), flush_denormals():
                 try:
                     trainer.fit(plan, loader, val_loader, ckpt_path=None if ckpt_path is None else str(ckpt_path))
                 except BaseException as err:
+                    self.training = settings_before
                     self._restore_after_failure(previous, plan.history, checkpoint_dir)
                     if isinstance(err, SystemExit) and isinstance(err.__context__, KeyboardInterrupt):
                         # Lightning turns Ctrl-C into sys.exit(1), which would end a notebook's kernel
@@ -246,9 +254,10 @@ class Hist2ST:
         self.module.gradient_checkpointing = False
         self.module.cpu()
 
-    def _restore_after_failure(self, previous: dict, history: list, checkpoint_dir: str | Path | None) -> None:
-        """Put back the weights from before a failed or interrupted fit, and say what the model now holds."""
-        self.module.load_state_dict(previous)
+    def _restore_after_failure(self, previous: dict | None, history: list, checkpoint_dir: str | Path | None) -> None:
+        """Put back the weights from before a failed or interrupted re-fit, and say what the model now holds."""
+        if previous is not None:
+            self.module.load_state_dict(previous)
         self._release_training_state()
         where = f" The last completed epoch is in {checkpoint_dir}; resume with `resume=`." if checkpoint_dir else ""
         if self.is_trained:
