@@ -65,7 +65,8 @@ def rng():
 def squidpy_graph():
     """The Hist2ST spot graph as squidpy computes it, to check :func:`~st_hist2st.pp.spatial_graph` against.
 
-    ST: the 4 nearest spots on the grid, kept within grid distance 2; Visium: squidpy's 6-neighbour grid graph.
+    ST: the 4 nearest spots on the grid (``sq.gr.spatial_neighbors_knn``), kept within grid distance 2; Visium:
+    squidpy's 6-neighbour grid graph (``sq.gr.spatial_neighbors_grid``).
     Computed on the rows sorted by grid position and returned in the order of ``adata``'s rows.
     """
     import squidpy as sq
@@ -83,13 +84,11 @@ def squidpy_graph():
         scratch = AnnData(obs=adata.obs[["library_id"]].copy())
         if layout == "visium":
             scratch.obsm["spatial"] = adata.obsm["spatial"]
-            sq.gr.spatial_neighbors(scratch, library_key="library_id", coord_type="grid", n_neighs=6)
+            sq.gr.spatial_neighbors_grid(scratch, library_key="library_id", n_neighs=6)
             conn = scratch.obsp["spatial_connectivities"].tocsr()
         else:
             scratch.obsm["grid"] = grid_positions(adata).astype(float)
-            sq.gr.spatial_neighbors(
-                scratch, spatial_key="grid", library_key="library_id", coord_type="generic", n_neighs=4
-            )
+            sq.gr.spatial_neighbors_knn(scratch, spatial_key="grid", library_key="library_id", n_neighs=4)
             near = scratch.obsp["spatial_distances"].tocsr() <= 2
             conn = scratch.obsp["spatial_connectivities"].tocsr().multiply(near).tocsr()
         conn.setdiag(0)

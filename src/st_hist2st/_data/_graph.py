@@ -28,7 +28,7 @@ def grid_positions(adata: AnnData, spatial_key: str = Key.spatial, libraries: pd
     """Integer (column, row) array position of each spot.
 
     Taken from ``obs['array_col']`` / ``obs['array_row']``; when those are missing, inferred per library from
-    ``obsm[spatial_key]`` on a square lattice whose spacing is the median distance to the nearest spot.
+    ``obsm[spatial_key]`` by :func:`infer_lattice` (square or hexagonal, in any orientation).
     """
     if Key.array_row in adata.obs and Key.array_col in adata.obs:
         pos = adata.obs[[Key.array_col, Key.array_row]].to_numpy()
@@ -42,16 +42,66 @@ def grid_positions(adata: AnnData, spatial_key: str = Key.spatial, libraries: pd
     pos = np.zeros((adata.n_obs, 2), dtype=np.int64)
     for lib in pd.unique(libraries):
         idx = np.flatnonzero((libraries == lib).to_numpy())
-        xy = coords[idx]
         if len(idx) < 2:
             continue
-        dist, _ = NearestNeighbors(n_neighbors=2).fit(xy).kneighbors(xy)
-        spacing = float(np.median(dist[:, 1]))
-        if spacing <= 0:
-            raise ValueError(f"Spots of library {lib!r} share coordinates; cannot infer their grid positions.")
-        pos[idx] = np.rint((xy - xy.min(0)) / spacing).astype(np.int64)
-    logger.info("inferred grid positions from `obsm[%r]` (no `obs['array_row']`/`['array_col']`)", spatial_key)
+        try:
+            pos[idx], layout = infer_lattice(coords[idx])
+        except ValueError as err:
+            raise ValueError(f"Library {lib!r}: {err}") from None
+        logger.info("library %r: inferred a %s lattice from `obsm[%r]`", lib, layout, spatial_key)
     return pos
+
+
+def infer_lattice(xy: np.ndarray) -> tuple[np.ndarray, Literal["st", "visium"]]:
+    """Integer (column, row) lattice positions of spots at ``xy``, and whether the lattice is hexagonal.
+
+    The spacing is the median distance to the nearest spot. Spots with more than 4 neighbours closer than
+    1.3 spacings (6 on a hexagonal array, 4 on a square one) make the lattice hexagonal. The coordinates are
+    turned so that one lattice direction lies along x (the mean direction of the neighbour vectors, modulo 60
+    or 90 degrees), then rounded: a square lattice by the spacing; a hexagonal one into rows ``sqrt(3)/2``
+    spacings apart and columns of half a spacing, so that ``row + column`` has one parity, as Visium's
+    ``array_row`` / ``array_col``.
+    """
+    k = min(7, len(xy))
+    dist, nearest = NearestNeighbors(n_neighbors=k).fit(xy).kneighbors(xy)
+    spacing = float(np.median(dist[:, 1]))
+    if spacing <= 0:
+        raise ValueError("spots share coordinates; cannot infer their grid positions.")
+    close = dist[:, 1:] < VISIUM_DISTANCE_FACTOR * spacing
+    hexagonal = len(xy) > 6 and np.percentile(close.sum(1), 90) > 4
+    vectors = xy[nearest[:, 1:]][close] - np.repeat(xy, close.sum(1), axis=0)
+    fold = 6 if hexagonal else 4
+    angles = np.arctan2(vectors[:, 1], vectors[:, 0])
+    turn = np.angle(np.exp(1j * fold * angles).mean()) / fold if len(angles) else 0.0
+    cos, sin = np.cos(turn), np.sin(turn)
+    turned = np.stack([xy[:, 0] * cos + xy[:, 1] * sin, -xy[:, 0] * sin + xy[:, 1] * cos], axis=1)
+    turned -= turned.min(0)
+    step = np.array([spacing / 2, spacing * np.sqrt(3) / 2]) if hexagonal else np.array([spacing, spacing])
+    pos = _round_to_lattice(turned / step, hexagonal)
+    # a real array is no perfect lattice (scanner distortion, rounded pixels): fit the affine map from lattice
+    # positions to coordinates and round again, until no spot moves
+    for _ in range(10):
+        design = np.column_stack([pos, np.ones(len(pos))])
+        fit, *_ = np.linalg.lstsq(design, xy, rcond=None)
+        fractional = np.linalg.solve(fit[:2].T, (xy - fit[2]).T).T
+        new = _round_to_lattice(fractional, hexagonal)
+        if np.array_equal(new, pos):
+            break
+        pos = new
+    pos -= pos.min(0)
+    if hexagonal and pos.sum(1)[0] % 2:  # keep row + column of one parity after the shift
+        pos[:, 0] += 1
+    return pos, "visium" if hexagonal else "st"
+
+
+def _round_to_lattice(fractional: np.ndarray, hexagonal: bool) -> np.ndarray:
+    """Nearest lattice points: any integers on a square lattice; ``row + column`` even on a hexagonal one."""
+    if not hexagonal:
+        return np.rint(fractional).astype(np.int64)
+    rows = np.rint(fractional[:, 1])
+    odd = rows % 2
+    cols = 2 * np.rint((fractional[:, 0] - odd) / 2) + odd
+    return np.stack([cols, rows], axis=1).astype(np.int64)
 
 
 def detect_layout(positions: np.ndarray) -> Literal["st", "visium"]:
@@ -68,7 +118,7 @@ def build_connectivities(
     layout: Layout = "auto",
     positions: np.ndarray | None = None,
 ) -> sparse.csr_matrix:
-    """Build the spot graph by the rules of :func:`squidpy.gr.spatial_neighbors`, per library.
+    """Build the spot graph by squidpy's rules (:func:`squidpy.gr.spatial_neighbors_knn`, ``_grid``), per library.
 
     Spots are queried in the order of their grid position (row, then column), so that ties between equally
     distant spots are broken alike whatever the order of ``adata``'s rows.

@@ -198,7 +198,7 @@ def prepare_sections(
             if outside:
                 raise ValueError(
                     f"The spot graph has {outside} edges from library {lib!r} to other libraries. Build it per library,"
-                    " e.g. `sq.gr.spatial_neighbors(adata, library_key=...)`."
+                    " e.g. `sq.gr.spatial_neighbors_grid(adata, library_key=...)` (Visium) or `hist2st.pp.spatial_graph`."
                 )
             source, side = crops[lib]
             patches, padded = crop_patches(source, coords[idx], side, patch_size=PATCH_SIZE, progress=progress)

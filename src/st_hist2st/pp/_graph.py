@@ -23,7 +23,7 @@ def spatial_graph(
     copy: bool = False,
     inplace: bool | None = None,
 ) -> sparse.csr_matrix | None:
-    """Build the Hist2ST spot graph by the rules of :func:`squidpy.gr.spatial_neighbors`.
+    """Build the Hist2ST spot graph by squidpy's rules (:func:`squidpy.gr.spatial_neighbors_knn` and ``_grid``).
 
     Legacy ST arrays get the paper's rule: the 4 nearest spots in grid coordinates, kept when at most
     2 grid units away (a directed graph, no self-loops). Visium arrays get the 6 hexagonal neighbours. The graph
@@ -44,7 +44,7 @@ def spatial_graph(
     key_added
         Key in ``obsp`` for the graph.
     copy
-        Return the graph and leave ``adata`` alone, as :func:`squidpy.gr.spatial_neighbors` does; otherwise write
+        Return the graph and leave ``adata`` alone, as squidpy's ``spatial_neighbors_*`` do; otherwise write
         ``obsp[key_added]``.
     inplace
         Deprecated: ``inplace=False`` is ``copy=True``.
