@@ -423,3 +423,31 @@ def test_augmented_passes_made_inside_the_encoder_match_the_stacked_passes(secti
     assert len(results[0][1]) == len(results[1][1]) > 0
     for a, b in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("section_batchnorm", [True, False])
+def test_chunk_size_does_not_change_predictions(tiny, section_batchnorm):
+    module = Hist2STModule(Architecture(n_genes=5, section_batchnorm=section_batchnorm, **tiny)).eval()
+    n = 150
+    generator = torch.Generator().manual_seed(0)
+    patches = torch.randint(0, 255, (n, 3, 112, 112), dtype=torch.uint8, generator=generator)
+    positions = torch.stack([torch.arange(n) % 15, torch.arange(n) // 15], dim=1)
+    edge_index = torch.stack([torch.arange(n - 1), torch.arange(1, n)])
+    outputs = []
+    for chunk in (64, 4096):
+        module.encoder_chunk = chunk
+        with torch.inference_mode():
+            outputs.append(module(patches, positions, edge_index).expression)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+
+
+def test_chunk_size_does_not_change_the_training_loss(tiny):
+    arch, training = preset("fast", **tiny)
+    plan = Hist2STPlan({**arch, "n_genes": 5}, training.to_dict())
+    batch = _batch()
+    losses = []
+    for chunk in (4, 4096):
+        plan.net.encoder_chunk = chunk
+        torch.manual_seed(0)
+        losses.append(plan.losses(batch)["loss"])
+    torch.testing.assert_close(losses[0], losses[1])

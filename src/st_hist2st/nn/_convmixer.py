@@ -7,22 +7,70 @@ from torch import nn
 from st_hist2st.nn._dropout import Dropout
 
 
+class StatisticsCollected(Exception):
+    """Raised by a :class:`SectionBatchNorm2d` that collects statistics, to stop the rest of the forward pass."""
+
+
 class SectionBatchNorm2d(nn.BatchNorm2d):
     """:class:`torch.nn.BatchNorm2d` that can also normalise by the statistics of its input in eval mode.
 
     With ``section_statistics=True`` and in eval mode it normalises each channel by the mean and variance of
     the batch it is given (the patches of the section being predicted), as it does in training, and leaves the
     running averages as they are. The weights are those of a :class:`~torch.nn.BatchNorm2d`.
+
+    When a section is encoded in chunks, :func:`section_statistics_over_chunks` first collects each layer's
+    statistics over all chunks (``collect``), then normalises every chunk by them (``fixed``), so that the
+    chunking does not change the result.
     """
 
     def __init__(self, num_features: int, section_statistics: bool = False) -> None:
         super().__init__(num_features)
         self.section_statistics = section_statistics
+        #: Running sums (count, sum, sum of squares) while collecting statistics over chunks.
+        self.collect: list | None = None
+        #: Mean and (biased) variance to normalise by, collected over all chunks of a section.
+        self.fixed: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or not self.section_statistics:
             return super().forward(x)
+        if self.collect is not None:
+            x64 = x.double()
+            self.collect[0] += x.shape[0] * x.shape[2] * x.shape[3]
+            self.collect[1] = self.collect[1] + x64.sum((0, 2, 3))
+            self.collect[2] = self.collect[2] + x64.square().sum((0, 2, 3))
+            raise StatisticsCollected
+        if self.fixed is not None:
+            mean, var = self.fixed
+            return F.batch_norm(x, mean.to(x.dtype), var.to(x.dtype), self.weight, self.bias, False, 0.0, self.eps)
         return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+
+
+def section_statistics_over_chunks(module: nn.Module, encode_chunk, chunks: list) -> None:
+    """Fix each section-statistics BatchNorm of ``module`` to the statistics of its input over all ``chunks``.
+
+    Layer by layer, in forward order, every chunk is encoded up to the layer (the layers before it already
+    fixed), its input summed, and the pass stopped there. Undo with :func:`release_section_statistics`.
+    """
+    layers = [m for m in module.modules() if isinstance(m, SectionBatchNorm2d) and m.section_statistics]
+    for layer in layers:
+        layer.collect = [0, 0.0, 0.0]
+        for chunk in chunks:
+            try:
+                encode_chunk(*chunk)
+            except StatisticsCollected:
+                pass
+        count, total, squares = layer.collect
+        mean = total / count
+        layer.fixed = (mean, (squares / count - mean.square()).clamp_min(0))
+        layer.collect = None
+
+
+def release_section_statistics(module: nn.Module) -> None:
+    """Let the section-statistics BatchNorms of ``module`` use each input's own statistics again."""
+    for layer in module.modules():
+        if isinstance(layer, SectionBatchNorm2d):
+            layer.collect, layer.fixed = None, None
 
 
 class ConvMixerBlock(nn.Module):
