@@ -164,3 +164,27 @@ def test_spatial_pred_draws_spots_without_an_image_in_uns(predicted):
     axes = hist2st.pl.spatial_pred(predicted, "gene0", library_id="S0", show=False)
     assert axes.shape == (1, 2) and axes[0, 1].collections and not axes[0, 1].images
     plt.close("all")
+
+
+def test_evaluate_compares_morans_i_with_squidpys(adata):
+    from st_hist2st.pl._utils import import_squidpy
+
+    sq = import_squidpy()
+    hist2st.pp.spatial_graph(adata)
+    # a perfect prediction: the observed targets themselves, so the Moran's I of both agree exactly
+    adata.layers["hist2st"] = expression_targets(adata.X.toarray())
+    adata.uns["hist2st"] = {"genes": list(adata.var_names), "n_models": 1}
+    table = hist2st.tl.evaluate(adata, copy=True)
+    np.testing.assert_allclose(table["moran_pred"], table["moran_obs"])
+    hist2st.tl.evaluate(adata, copy=False)
+    assert adata.uns["hist2st_pearson"]["libraries"]["S0"]["moran_spearman"] == pytest.approx(1.0)
+    # the statistic is squidpy's, on the same graph, for one library
+    s0 = adata[adata.obs["library_id"] == "S0"].copy()
+    s0.obsp["spatial_connectivities"] = adata.obsp["spatial_connectivities"][
+        np.flatnonzero(adata.obs["library_id"] == "S0")
+    ][:, np.flatnonzero(adata.obs["library_id"] == "S0")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = sq.gr.spatial_autocorr(s0, layer="hist2st", mode="moran", copy=True, n_perms=None)
+    ours = table[table["library"] == "S0"].set_index("gene")["moran_obs"]
+    np.testing.assert_allclose(ours.loc[reference.index], reference["I"], rtol=1e-6)

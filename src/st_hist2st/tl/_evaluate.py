@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scipy import stats
+from scipy import sparse, stats
 
 from st_hist2st._constants import Key
+from st_hist2st._data._graph import get_connectivities
 from st_hist2st._data._targets import expression_targets, get_counts, spot_totals
 from st_hist2st._deprecation import prediction_passed_as_layer, renamed_arguments
 from st_hist2st._utils import check_adata, check_not_view, check_var_names, get_libraries
@@ -46,6 +47,38 @@ def observed_targets(adata: AnnData, key: str, layer: str | None) -> pd.DataFram
     return pd.DataFrame(expression_targets(counts, totals), index=adata.obs_names, columns=genes)
 
 
+def spot_graph(
+    adata: AnnData, library_key: str | None, connectivity_key: str, spatial_key: str
+) -> sparse.csr_matrix | None:
+    """``obsp[connectivity_key]``, else the graph by the paper's rule; ``None`` without spot coordinates."""
+    if connectivity_key not in adata.obsp and spatial_key not in adata.obsm:
+        logger.info("no spot graph and no coordinates: Moran's I is not computed")
+        return None
+    key = library_key if library_key is not None and library_key in adata.obs else None
+    return get_connectivities(adata, library_key=key, connectivity_key=connectivity_key, spatial_key=spatial_key)
+
+
+def morans_i(graph: sparse.spmatrix, values: np.ndarray) -> np.ndarray:
+    """Moran's I of each column of ``values`` ``(n_spots, n_genes)`` on ``graph``; NaN for a constant column."""
+    import scanpy as sc
+
+    values = np.asarray(values, dtype=np.float64)
+    constant = np.ptp(values, axis=0) == 0
+    out = np.full(values.shape[1], np.nan)
+    if graph.nnz and (~constant).any():
+        out[~constant] = sc.metrics.morans_i(sparse.csr_matrix(graph), values[:, ~constant].T)
+    return out
+
+
+def rank_correlation(a: pd.Series | np.ndarray, b: pd.Series | np.ndarray) -> float:
+    """Spearman correlation over the entries finite in both; NaN with fewer than 3."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    keep = np.isfinite(a) & np.isfinite(b)
+    if keep.sum() < 3:
+        return float("nan")
+    return float(stats.spearmanr(a[keep], b[keep]).statistic)
+
+
 def pearson_columns(pred: np.ndarray, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pearson r and two-sided p-value per column; NaN where either column is constant."""
     n = pred.shape[0]
@@ -66,6 +99,9 @@ def evaluate(
     layer: str | None = None,
     genes: Sequence[str] | None = None,
     library_key: str | None = Key.library,
+    moran: bool = True,
+    connectivity_key: str = Key.connectivities,
+    spatial_key: str = Key.spatial,
     key_added: str | None = None,
     copy: bool | None = None,
     **deprecated: Any,
@@ -89,6 +125,14 @@ def evaluate(
         Genes to evaluate; default every predicted gene.
     library_key
         Column of ``obs`` with the section of each spot.
+    moran
+        Also compute each gene's Moran's I in each library, predicted and observed (:func:`scanpy.metrics.morans_i`
+        on the spot graph, as :func:`squidpy.gr.spatial_autocorr` does), and their Spearman correlation over the
+        genes: whether the prediction ranks spatially variable genes as the measurement does.
+    connectivity_key
+        Key of the spot graph in ``obsp`` for Moran's I; built by the paper's rule when absent.
+    spatial_key
+        Key of the spot centres in ``obsm``, to build the graph.
     key_added
         Name of the ``var`` column and ``uns`` entry written; default ``f'{key}_pearson'``.
     copy
@@ -97,10 +141,10 @@ def evaluate(
 
     Returns
     -------
-    With ``copy=True``, the tidy table with columns ``gene``, ``library``, ``r``, ``pvalue``. Otherwise
-    ``adata`` gets ``var[key_added]`` (mean r over libraries, NaN for genes not evaluated) and
-    ``uns[key_added]`` (mean and median r and the number of NaN genes per library and overall, and the table
-    under ``'table'``).
+    With ``copy=True``, the tidy table with columns ``gene``, ``library``, ``r``, ``pvalue`` (and ``moran_pred``,
+    ``moran_obs`` with ``moran``). Otherwise ``adata`` gets ``var[key_added]`` (mean r over libraries, NaN for
+    genes not evaluated) and ``uns[key_added]`` (per library and overall: mean and median r, the number of NaN
+    genes and, with ``moran``, ``moran_spearman``; the table under ``'table'``).
     """
     current = {"key": key, "layer": layer}
     renamed_arguments("evaluate", deprecated, {"counts_layer": "layer"}, current)
@@ -120,17 +164,23 @@ def evaluate(
     pred = np.asarray(adata[:, genes].layers[key], dtype=np.float64)
     obs = observed[genes].to_numpy(np.float64)
     libs = get_libraries(adata, library_key)
+    conn = spot_graph(adata, library_key, connectivity_key, spatial_key) if moran else None
     rows, summary = [], {}
     for lib in libs.cat.categories:
         idx = (libs == lib).to_numpy()
         r, p = pearson_columns(pred[idx], obs[idx])
-        rows.append(pd.DataFrame({"gene": genes, "library": lib, "r": r, "pvalue": p}))
+        row = pd.DataFrame({"gene": genes, "library": lib, "r": r, "pvalue": p})
         summary[str(lib)] = {
             "mean_r": float(np.nanmean(r)) if np.isfinite(r).any() else float("nan"),
             "median_r": float(np.nanmedian(r)) if np.isfinite(r).any() else float("nan"),
             "n_genes": len(genes),
             "n_nan": int(np.isnan(r).sum()),
         }
+        if conn is not None:
+            graph = conn[idx][:, idx]
+            row["moran_pred"], row["moran_obs"] = morans_i(graph, pred[idx]), morans_i(graph, obs[idx])
+            summary[str(lib)]["moran_spearman"] = rank_correlation(row["moran_pred"], row["moran_obs"])
+        rows.append(row)
     table = pd.concat(rows, ignore_index=True)
     for lib, s in summary.items():
         logger.info("%s: mean r %.4f over %d genes (%d NaN)", lib, s["mean_r"], s["n_genes"], s["n_nan"])
@@ -142,6 +192,11 @@ def evaluate(
     adata.uns[key_added] = {
         "key": key,
         "mean_r": float(valid.mean()) if len(valid) else float("nan"),
+        **(
+            {"moran_spearman": float(np.nanmean([v["moran_spearman"] for v in summary.values()]))}
+            if conn is not None
+            else {}
+        ),
         "n_nan": int(table["r"].isna().sum()),
         "libraries": summary,
         "table": table.astype({"library": str}),
