@@ -4,6 +4,17 @@ Prints, per held-out section, the mean Pearson r over the 785 genes of ``genes_7
 for a ridge regression on simple colour features of the same patches.
 
     python benchmarks/her2st.py --test C3 --minutes 30 --preset fast
+
+With ``--nested``, settings are chosen without looking at the held-out section: for each split, every
+``--candidate`` is trained on two of the three training sections and scored on the third (each in turn), the
+candidate with the best mean inner r is trained on all three, and only then scored on the held-out section.
+It prints, per split, each candidate's inner r, the choice, its held-out r (the average of ``--models``
+models), the Spearman correlation between predicted and observed Moran's I over the genes, and two ridge
+baselines: colour features at the spot (14: mean and standard deviation per channel, an 8-bin grey
+histogram), and colour with texture (Sobel gradient magnitude mean and standard deviation, variance of the
+Laplacian, fraction of dark pixels) at the spot and on a 4 times wider crop (36 features).
+
+    python benchmarks/her2st.py --nested --candidate fast= "drop=dropout=0.2" --models 3 --precision bf16-mixed
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 import st_hist2st as hist2st
 from st_hist2st._data._targets import expression_targets
@@ -44,6 +56,49 @@ def ridge_baseline(adata, genes, train, test, crop_size) -> float:
     model = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit((feats[tr] - mu) / sd, y[tr])
     pred = model.predict((feats[te] - mu) / sd)
     return mean_r(pred, y[te])
+
+
+def grey_colour_features(patches: np.ndarray) -> np.ndarray:
+    """14 per patch: mean and standard deviation of each channel, an 8-bin histogram of the grey level."""
+    x = patches.astype(np.float32) / 255
+    grey = x.mean(1).reshape(len(x), -1)
+    hist = np.stack([np.histogram(g, bins=8, range=(0, 1))[0] for g in grey]) / grey.shape[1]
+    flat = x.reshape(len(x), 3, -1)
+    return np.concatenate([flat.mean(-1), flat.std(-1), hist], axis=1)
+
+
+def texture_features(patches: np.ndarray) -> np.ndarray:
+    """4 per patch: mean and standard deviation of the Sobel gradient magnitude, variance of the Laplacian and
+    the fraction of dark pixels (grey level below 0.5)."""
+    from scipy import ndimage
+
+    out = []
+    for patch in patches:
+        grey = patch.astype(np.float32).mean(0) / 255
+        magnitude = np.hypot(ndimage.sobel(grey, 0), ndimage.sobel(grey, 1))
+        out.append([magnitude.mean(), magnitude.std(), ndimage.laplace(grey).var(), (grey < 0.5).mean()])
+    return np.asarray(out, dtype=np.float32)
+
+
+def ridge_r(feats, y, tr, te) -> tuple[float, np.ndarray]:
+    from sklearn.linear_model import RidgeCV
+
+    mu, sd = feats[tr].mean(0), feats[tr].std(0) + 1e-8
+    model = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit((feats[tr] - mu) / sd, y[tr])
+    pred = model.predict((feats[te] - mu) / sd)
+    return mean_r(pred, y[te]), pred
+
+
+def ridge_baselines(adata, genes, train, test, crop_size) -> dict[str, float]:
+    """Held-out r of the two ridge baselines of the nested report."""
+    spot = hist2st.pp.extract_patches(adata, "fullres", crop_size=crop_size, show_progress_bar=False)
+    wide = hist2st.pp.extract_patches(adata, "fullres", crop_size=4 * crop_size, show_progress_bar=False)
+    colour = grey_colour_features(spot)
+    both = np.concatenate([colour, texture_features(spot), grey_colour_features(wide), texture_features(wide)], axis=1)
+    y = targets(adata, genes)
+    tr = adata.obs["library_id"].isin(train).to_numpy()
+    te = (adata.obs["library_id"] == test).to_numpy()
+    return {"colour": ridge_r(colour, y, tr, te)[0], "colour+texture, 2 crops": ridge_r(both, y, tr, te)[0]}
 
 
 def targets(adata, genes):
@@ -99,6 +154,16 @@ def main() -> None:
     parser.add_argument(
         "--out", default=None, help="write the training history and the trained model of each split here"
     )
+    parser.add_argument(
+        "--nested", action="store_true", help="choose among --candidate by inner leave-one-out, then report"
+    )
+    parser.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="NAME=KEY=VALUE,...",
+        help="a candidate for --nested: a name and settings on top of --preset and --set ('fast=' alone: none)",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -109,6 +174,9 @@ def main() -> None:
     genes = (ROOT / "genes_785.txt").read_text().split()
     adata = hist2st.datasets.her2st(ROOT)
     sections = list(adata.obs["library_id"].cat.categories)
+    if args.nested:
+        nested(adata, genes, sections, args, settings)
+        return
     print(f"her2st sections {sections}: {adata.n_obs} spots; {len(genes)} genes; budget {args.minutes} min per split")
     print(f"preset {args.preset!r} with {settings}")
     for test in args.test or sections:
@@ -158,6 +226,84 @@ def main() -> None:
             for k, model in enumerate(models):
                 model.history.to_json(Path(args.out) / f"history_{test}_seed{args.seed + k}.json", orient="records")
                 model.save(Path(args.out) / f"model_{test}_seed{args.seed + k}")
+
+
+def parse_candidates(specs: list[str]) -> dict[str, dict]:
+    """``NAME=KEY=VALUE,KEY=VALUE`` specs as named settings; a bare ``NAME=`` is the preset as it is."""
+    candidates = {}
+    for spec in specs or ["preset="]:
+        name, _, rest = spec.partition("=")
+        pairs = [item.split("=", 1) for item in rest.split(",") if item]
+        candidates[name] = {k: json.loads(v) if v[0].isdigit() or v[0] in "-[{tfn" else v for k, v in pairs}
+    return candidates
+
+
+def train_models(adata, genes, train, validation, args, settings, minutes) -> list:
+    """``--models`` models (seeds ``--seed``, ``--seed`` + 1, ...) on ``train`` within ``minutes``."""
+    models, t0 = [], time.perf_counter()
+    for k in range(args.models):
+        left = minutes - (time.perf_counter() - t0) / 60
+        subset = adata[adata.obs["library_id"].isin([*train, validation])].copy()
+        models.append(
+            hist2st.tl.fit(
+                subset,
+                "fullres",
+                genes=genes,
+                crop_size=args.crop_size,
+                validation_libraries=[validation],
+                preset=args.preset,
+                max_epochs=args.epochs,
+                precision=args.precision,
+                seed=args.seed + k,
+                show_progress_bar=False,
+                trainer_kwargs={"max_time": {"minutes": max(left, 0.01) / (args.models - k)}},
+                **settings,
+            )
+        )
+    return models
+
+
+def held_out(adata, genes, models, section) -> tuple[float, float]:
+    """Mean r of the models' averaged prediction on ``section``, and the Spearman of its Moran's I."""
+    held = adata[adata.obs["library_id"] == section].copy()
+    hist2st.tl.predict(held, models, show_progress_bar=False)
+    hist2st.tl.evaluate(held, genes=genes, copy=False)
+    summary = held.uns["hist2st_pearson"]
+    return summary["mean_r"], summary["moran_spearman"]
+
+
+def nested(adata, genes, sections, args, settings) -> None:
+    """Nested validation: candidates chosen on the training sections alone, reported on the held-out one."""
+    candidates = parse_candidates(args.candidate)
+    print(f"nested validation over {len(candidates)} candidate(s): {candidates}; {args.minutes} min per model set")
+    rows = []
+    for test in args.test or sections:
+        train = [s for s in sections if s != test]
+        inner = {}
+        for name, extra in candidates.items():
+            scores = []
+            for validation in train:
+                fit_on = [s for s in train if s != validation]
+                models = train_models(adata, genes, fit_on, validation, args, {**settings, **extra}, args.minutes)
+                scores.append(held_out(adata, genes, models, validation)[0])
+            inner[name] = float(np.mean(scores))
+            print(
+                f"test {test}: candidate {name!r} inner r {inner[name]:.4f} ({', '.join(f'{x:.4f}' for x in scores)})"
+            )
+        chosen = max(inner, key=inner.get)
+        models = train_models(adata, genes, train, test, args, {**settings, **candidates[chosen]}, args.minutes)
+        r, moran = held_out(adata, genes, models, test)
+        bases = ridge_baselines(adata, genes, train, test, args.crop_size)
+        rows.append({"test": test, "chosen": chosen, "hist2st": r, "moran_spearman": moran, **bases})
+        print(
+            f"test {test}: chose {chosen!r}; Hist2ST ({len(models)} model(s)) r = {r:.4f}, Moran's I Spearman "
+            f"{moran:.3f}; ridge colour {bases['colour']:.4f}, colour+texture {bases['colour+texture, 2 crops']:.4f}",
+            flush=True,
+        )
+    table = pd.DataFrame(rows).set_index("test")
+    print(table.round(4).to_string())
+    means = table.drop(columns="chosen").mean()
+    print("mean: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
 
 
 if __name__ == "__main__":

@@ -123,7 +123,9 @@ def test_several_models_give_the_average_of_their_predictions(trained, adata, ti
     mixed = hist2st.tl.predict(adata, [trained, deeper], show_progress_bar=False, copy=True)
     each = mixed.uns["hist2st"]["models"]
     assert [each[k]["architecture"]["depth2"] for k in ("model_0", "model_1")] == [1, 2]
-    assert each["model_1"]["crop_size"] == 30.0 and each["model_0"]["crop_size"] != 30.0
+    # each model crops the micrometres it was trained at: 30 pixels at the synthetic slide's scale
+    assert each["model_1"]["crop_microns"] == pytest.approx(deeper.preprocessing["crop_microns"])
+    assert each["model_1"]["crop_microns"] < each["model_0"]["crop_microns"]
     mixed.write_h5ad(tmp_path / "mixed.h5ad")
     fewer = hist2st.tl.fit(adata[:, :5].copy(), "hires", max_epochs=1, show_progress_bar=False, **tiny)
     with pytest.raises(ValueError, match=r"`model\[1\]` predicts other genes"):

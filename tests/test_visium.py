@@ -23,7 +23,7 @@ def read_visium(name: str):
 
     sq = import_squidpy()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the readers' notices about their own dependencies
+        warnings.simplefilter("ignore")  # the readers' notices about their dependencies and duplicated gene names
         return sq.read.visium(folder)
 
 
@@ -64,3 +64,63 @@ def test_a_model_without_position_embedding_takes_any_array(adata, tiny):
     paper.is_trained = True
     with pytest.raises(ValueError, match=r"n_pos=192.*position_embedding=False"):
         paper.predict(adata, image_key="hires", show_progress_bar=False)
+
+
+@pytest.fixture(scope="module")
+def brain():
+    return read_visium("mouse_brain_posterior")
+
+
+def test_fit_predict_and_plot_on_squidpys_visium_reader(brain, tiny, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    adata = brain.copy()
+    with pytest.raises(ValueError, match=r"var_names_make_unique\(\)"):  # this folder repeats three gene names
+        hist2st.tl.fit(adata, "hires", max_epochs=1)
+    adata.var_names_make_unique()
+    genes = adata.var_names[np.argsort(-np.asarray(adata.X.sum(0)).ravel())[:12]].tolist()
+    model = hist2st.tl.fit(
+        adata, "hires", genes=genes, preset="fast", max_epochs=1, accelerator="cpu", show_progress_bar=False, **tiny
+    )
+    # the hexagonal array, the scale from the 55-um Visium spot, a crop of one spot diameter
+    library = next(iter(adata.uns["spatial"]))
+    diameter = adata.uns["spatial"][library]["scalefactors"]["spot_diameter_fullres"]
+    assert model.preprocessing["microns_per_pixel"][library] == pytest.approx(55 / diameter)
+    assert model.preprocessing["crop_microns"] == pytest.approx(55)
+    hist2st.tl.predict(adata, model, show_progress_bar=False)
+    assert np.isfinite(adata[:, genes].layers["hist2st"]).all()
+    axes = hist2st.pl.spatial_pred(adata, genes[:2], show=False, save=tmp_path / "brain.png")
+    assert axes.shape == (2, 2) and (tmp_path / "brain.png").stat().st_size > 0
+
+
+@pytest.mark.her2st
+def test_a_her2st_model_crops_the_same_micrometres_on_visium(her2st_root, brain, tiny):
+    from st_hist2st._data._section import prepare_sections
+
+    b4 = hist2st.datasets.her2st(her2st_root, "B4")
+    genes = b4.var_names[np.argsort(-np.asarray(b4.X.sum(0)).ravel())[:8]].tolist()
+    model = hist2st.tl.fit(
+        b4,
+        "fullres",
+        genes=genes,
+        crop_size=112,
+        preset="fast",
+        max_epochs=1,
+        accelerator="cpu",
+        show_progress_bar=False,
+        **tiny,
+    )
+    trained_microns = model.preprocessing["crop_microns"]
+    assert trained_microns == pytest.approx(
+        112 * 100 / b4.uns["spatial"]["B4"]["scalefactors"]["spot_diameter_fullres"]
+    )
+    visium = brain.copy()
+    visium.var_names = [f"v{i}" for i in range(visium.n_vars)]
+    image_key, crop_size, crop_microns = model.prediction_inputs("hires")
+    assert crop_size is None and crop_microns == pytest.approx(trained_microns)
+    (section,) = prepare_sections(visium, image_key, genes=None, crop_microns=crop_microns, show_progress_bar=False)
+    assert section.crop.microns == pytest.approx(trained_microns)  # the same piece of tissue, in other pixels
+    # the hires image is far coarser than the full-resolution her2st patches: said, with both figures
+    with pytest.warns(UserWarning, match=r"um per pixel, much coarser than the 0\.7\d um per pixel"):
+        model.predict(visium[:, []].copy(), image_key="hires", show_progress_bar=False)

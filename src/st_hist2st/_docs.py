@@ -19,6 +19,16 @@ DOCS = {
         "of ``adata.uns['spatial']``."
     ),
     "crop_size": "Side of the square cut around each spot centre, in full-resolution pixels (112 on her2st, as the paper).",
+    "crop_microns": (
+        "Side of the square cut around each spot, in micrometres, at each library's own scale (see "
+        "``microns_per_pixel``); instead of ``crop_size``."
+    ),
+    "microns_per_pixel": (
+        "Micrometres per full-resolution pixel: one figure, or one per library. Default "
+        "``uns['spatial'][library_id]['metadata']['microns_per_pixel']`` where present, else "
+        "``spot_diameter_fullres`` and the platform's spot diameter (Visium 55 um, legacy ST 100 um). The "
+        "model records the micrometres it was trained at, so that it crops the same piece of tissue on any slide."
+    ),
     "library_key": "Column of ``obs`` with the section of each spot; one section when the default column is absent.",
     "spatial_key": "Key of the spot centres (x, y), in full-resolution pixels, in ``obsm``.",
     "connectivity_key": (

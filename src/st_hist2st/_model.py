@@ -6,7 +6,7 @@ import gc
 import json
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,9 @@ import torch
 from anndata import AnnData
 from tqdm.auto import tqdm
 
-from st_hist2st._constants import Key
+from st_hist2st._constants import PATCH_SIZE, Key
 from st_hist2st._data._dataset import EpochShuffle, SectionDataset, identity_collate, target_statistics
+from st_hist2st._data._scale import physical_record, warn_coarser_images
 from st_hist2st._data._section import Section, prepare_sections
 from st_hist2st._inference import predict_section
 from st_hist2st._persistence import (
@@ -113,6 +114,8 @@ class Hist2ST:
         validation_libraries: Sequence[str] | None = None,
         image: Any = None,
         crop_size: float | None = None,
+        crop_microns: float | None = None,
+        microns_per_pixel: float | Mapping[str, float] | None = None,
         layout: str = "auto",
         normalize_over: str = "genes",
         max_epochs: int | None = None,
@@ -183,6 +186,8 @@ class Hist2ST:
                 "layout": layout,
                 "image": image,
                 "crop_size": crop_size,
+                "crop_microns": crop_microns,
+                "microns_per_pixel": microns_per_pixel,
                 "n_pos": self.architecture.n_pos if self.architecture.position_embedding else None,
                 "normalize_over": normalize_over,
                 "show_progress_bar": show_progress_bar,
@@ -202,6 +207,7 @@ class Hist2ST:
                 "normalize_over": normalize_over,
                 "train_libraries": train_libs,
                 "validation_libraries": val_libs,
+                **physical_record({s.library_id: s.crop for s in train}, PATCH_SIZE),
             }
             dataset = SectionDataset(train, self.training.crops_per_section)
             loader = torch.utils.data.DataLoader(
@@ -283,16 +289,19 @@ class Hist2ST:
 
     # ------------------------------------------------------------------ prediction
     def prediction_inputs(
-        self, image_key: str | None = None, crop_size: float | None = None
-    ) -> tuple[str | None, float | None]:
-        """The image key and crop size :meth:`~st_hist2st.Hist2ST.predict` uses.
+        self, image_key: str | None = None, crop_size: float | None = None, crop_microns: float | None = None
+    ) -> tuple[str | None, float | None, float | None]:
+        """The image key, crop size (pixels) and crop side (micrometres) :meth:`predict` uses.
 
-        Those given, else those the model was trained with.
+        Those given; else the model's: the micrometres it was trained at where it recorded them (so that a
+        slide at another resolution is cropped to the same piece of tissue), else its crop size in pixels.
         """
-        return (
-            self.preprocessing.get("image_key") if image_key is None else image_key,
-            self.preprocessing.get("crop_size") if crop_size is None else crop_size,
-        )
+        image_key = self.preprocessing.get("image_key") if image_key is None else image_key
+        if crop_size is not None or crop_microns is not None:
+            return image_key, crop_size, crop_microns
+        if self.preprocessing.get("crop_microns"):
+            return image_key, None, float(self.preprocessing["crop_microns"])
+        return image_key, self.preprocessing.get("crop_size"), None
 
     def predict(
         self,
@@ -304,6 +313,8 @@ class Hist2ST:
         connectivity_key: str = Key.connectivities,
         image: Any = None,
         crop_size: float | None = None,
+        crop_microns: float | None = None,
+        microns_per_pixel: float | Mapping[str, float] | None = None,
         device: str | torch.device | None = None,
         precision: str = "32-true",
         test_time_augmentation: bool = False,
@@ -316,7 +327,8 @@ class Hist2ST:
         self._check_trained()
         check_adata(adata)
         precision = check_precision(precision, predict=True)
-        image_key, crop_size = self.prediction_inputs(image_key, crop_size)
+        given = crop_size is not None or crop_microns is not None
+        image_key, crop_size, crop_microns = self.prediction_inputs(image_key, crop_size, crop_microns)
         if image_key is None:
             raise ValueError("Pass `image_key=`: the model does not know which image it was trained on.")
         sections = prepare_sections(
@@ -329,9 +341,14 @@ class Hist2ST:
             layout=self.preprocessing.get("layout", "auto"),
             image=image,
             crop_size=crop_size,
+            crop_microns=crop_microns,
+            microns_per_pixel=microns_per_pixel,
+            # the model's micrometres on a slide of unknown scale: its pixels, with a warning
+            fallback_crop_size=None if given else (self.preprocessing.get("crop_size") or "default"),
             n_pos=self.architecture.n_pos if self.architecture.position_embedding else None,
             show_progress_bar=show_progress_bar,
         )
+        warn_coarser_images(sections, self.preprocessing.get("patch_microns_per_pixel"))
         device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         out = np.full((adata.n_obs, len(self.genes)), np.nan, dtype=np.float32)
         was_training = self.module.training

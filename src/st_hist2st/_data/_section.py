@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +14,10 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from st_hist2st._constants import MOSTLY_PADDED, PATCH_SIZE, Key
-from st_hist2st._data._graph import Layout, get_connectivities, grid_positions, to_edge_index
+from st_hist2st._data._graph import Layout, detect_layout, get_connectivities, grid_positions, to_edge_index
 from st_hist2st._data._image import ImageSource, image_from_anndata, image_from_container, image_from_spatialdata
 from st_hist2st._data._patches import crop_patches
+from st_hist2st._data._scale import Crop, resolve_microns_per_pixel
 from st_hist2st._data._targets import expression_targets, get_counts, size_factors, spot_totals
 from st_hist2st._utils import check_libraries, get_libraries, get_spatial
 
@@ -41,6 +42,8 @@ class Section:
         ``(2, n_edges)`` graph, local spot indices, messages flow from row 0 to row 1.
     targets, counts, size_factors
         ``(n, n_genes)`` transformed expression and raw counts, ``(n,)`` size factors; ``None`` without expression.
+    crop
+        The image, crop side and physical scale the patches were cut with.
     """
 
     library_id: str
@@ -51,6 +54,7 @@ class Section:
     targets: torch.Tensor | None = None
     counts: torch.Tensor | None = None
     size_factors: torch.Tensor | None = None
+    crop: Crop | None = None
 
     @property
     def n_spots(self) -> int:
@@ -84,17 +88,62 @@ def default_crop_size(adata: AnnData, library_id: str) -> float:
 
 
 def resolve_crops(
-    adata: AnnData, image_key: str, libraries: Sequence[str], image: Any, crop_size: float | None
-) -> dict[str, tuple[ImageSource, float]]:
-    """Image and crop side of each library, checked before any long work."""
+    adata: AnnData,
+    image_key: str,
+    libraries: Sequence[str],
+    image: Any,
+    crop_size: float | None,
+    *,
+    crop_microns: float | None = None,
+    microns_per_pixel: float | Mapping[str, float] | None = None,
+    layouts: Mapping[str, str] | None = None,
+    fallback_crop_size: float | str | None = None,
+) -> dict[str, Crop]:
+    """Image, crop side and physical scale of each library, checked before any long work.
+
+    The side is ``crop_size`` full-resolution pixels when given, else ``crop_microns`` micrometres at each
+    library's own scale, else ``spot_diameter_fullres``.
+    """
+    if crop_size is not None and crop_microns is not None:
+        raise ValueError("Pass `crop_size` (pixels) or `crop_microns` (micrometres), not both.")
+    if crop_microns is not None and not float(crop_microns) > 0:
+        raise ValueError(f"`crop_microns` must be positive, got {crop_microns}.")
     crops = {}
     for lib in libraries:
         source = resolve_image(adata, image_key, lib, image)
-        side = default_crop_size(adata, lib) if crop_size is None else float(crop_size)
+        layout = (layouts or {}).get(lib) or detect_layout(grid_positions(adata[adata_rows(adata, lib)]))
+        mpp, how = resolve_microns_per_pixel(adata, lib, layout, microns_per_pixel)
+        if crop_size is not None:
+            side = float(crop_size)
+        elif crop_microns is not None:
+            if mpp is None and fallback_crop_size is not None:
+                side = default_crop_size(adata, lib) if fallback_crop_size == "default" else float(fallback_crop_size)
+                warnings.warn(
+                    f"Library {lib!r} has no physical scale ({how}), so the model's {crop_microns:.0f} um crops "
+                    f"cannot be matched; cropping {side:g} pixels instead. Pass `microns_per_pixel=` to crop the "
+                    "same piece of tissue as in training.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+                crops[lib] = Crop(source, side, None, how)
+                continue
+            if mpp is None:
+                raise ValueError(
+                    f"Library {lib!r} has no physical scale to cut crops of {crop_microns:g} um: pass "
+                    "`microns_per_pixel=` (micrometres per full-resolution pixel), or `crop_size=` in pixels."
+                )
+            side = float(crop_microns) / mpp
+        else:
+            side = default_crop_size(adata, lib)
         if not side > 0:
             raise ValueError(f"`crop_size` must be positive, got {side}.")
-        crops[lib] = (source, side)
+        crops[lib] = Crop(source, side, mpp, how)
     return crops
+
+
+def adata_rows(adata: AnnData, library_id: str, library_key: str | None = Key.library) -> np.ndarray:
+    """Positions of the spots of ``library_id`` in ``adata``."""
+    return np.flatnonzero((get_libraries(adata, library_key) == library_id).to_numpy())
 
 
 def extract_patches(
@@ -106,6 +155,8 @@ def extract_patches(
     image: Any = None,
     crop_size: float | None = None,
     patch_size: int = PATCH_SIZE,
+    crop_microns: float | None = None,
+    microns_per_pixel: float | Mapping[str, float] | None = None,
     show_progress_bar: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Patches for every spot of ``adata`` (library by library) and the padded fraction of each."""
@@ -113,14 +164,25 @@ def extract_patches(
     libraries = get_libraries(adata, library_key)
     patches = np.empty((adata.n_obs, 3, patch_size, patch_size), dtype=np.uint8)
     padded = np.zeros(adata.n_obs)
-    crops = resolve_crops(adata, image_key, libraries.cat.categories, image, crop_size)
+    positions = grid_positions(adata, spatial_key, libraries)
+    layouts = {lib: detect_layout(positions[(libraries == lib).to_numpy()]) for lib in libraries.cat.categories}
+    crops = resolve_crops(
+        adata,
+        image_key,
+        libraries.cat.categories,
+        image,
+        crop_size,
+        crop_microns=crop_microns,
+        microns_per_pixel=microns_per_pixel,
+        layouts=layouts,
+    )
     with tqdm(total=adata.n_obs, desc="cropping patches", unit="spot", disable=not show_progress_bar) as progress:
-        for lib, (source, side) in crops.items():
+        for lib, crop in crops.items():
             idx = np.flatnonzero((libraries == lib).to_numpy())
             patches[idx], padded[idx] = crop_patches(
-                source, coords[idx], side, patch_size=patch_size, progress=progress
+                crop.source, coords[idx], crop.side, patch_size=patch_size, progress=progress
             )
-    warn_padding(padded, [side for _, side in crops.values()])
+    warn_padding(padded, [crop.side for crop in crops.values()])
     return patches, padded
 
 
@@ -153,6 +215,9 @@ def prepare_sections(
     layout: Layout = "auto",
     image: Any = None,
     crop_size: float | None = None,
+    crop_microns: float | None = None,
+    microns_per_pixel: float | Mapping[str, float] | None = None,
+    fallback_crop_size: float | str | None = None,
     n_pos: int | None = None,
     normalize_over: str = "genes",
     show_progress_bar: bool = True,
@@ -177,7 +242,21 @@ def prepare_sections(
         )
     counts_all = get_counts(adata, list(genes), layer) if genes is not None else None
     totals_all = spot_totals(adata, layer) if (genes is not None and normalize_over == "all") else None
-    crops = resolve_crops(adata, image_key, wanted, image, crop_size)
+    layouts = {}
+    for lib in wanted:
+        idx = np.flatnonzero((libs == lib).to_numpy())
+        layouts[lib] = layout if layout != "auto" else detect_layout(positions[idx])
+    crops = resolve_crops(
+        adata,
+        image_key,
+        wanted,
+        image,
+        crop_size,
+        crop_microns=crop_microns,
+        microns_per_pixel=microns_per_pixel,
+        layouts=layouts,
+        fallback_crop_size=fallback_crop_size,
+    )
     conn = get_connectivities(
         adata,
         library_key=library_key if library_key in adata.obs else None,
@@ -200,8 +279,10 @@ def prepare_sections(
                     f"The spot graph has {outside} edges from library {lib!r} to other libraries. Build it per library,"
                     " e.g. `sq.gr.spatial_neighbors_grid(adata, library_key=...)` (Visium) or `hist2st.pp.spatial_graph`."
                 )
-            source, side = crops[lib]
-            patches, padded = crop_patches(source, coords[idx], side, patch_size=PATCH_SIZE, progress=progress)
+            crop = crops[lib]
+            patches, padded = crop_patches(
+                crop.source, coords[idx], crop.side, patch_size=PATCH_SIZE, progress=progress
+            )
             padded_all.append(padded)
             section = Section(
                 library_id=str(lib),
@@ -209,6 +290,7 @@ def prepare_sections(
                 patches=torch.from_numpy(patches),
                 positions=torch.from_numpy(positions[idx]),
                 edge_index=torch.from_numpy(to_edge_index(sub)),
+                crop=crop,
             )
             if counts_all is not None:
                 counts = counts_all[idx]
@@ -217,5 +299,5 @@ def prepare_sections(
                 section.targets = torch.from_numpy(expression_targets(counts, totals))
                 section.size_factors = torch.from_numpy(size_factors(counts, totals))
             sections.append(section)
-    warn_padding(np.concatenate(padded_all), [side for _, side in crops.values()], stacklevel=4)
+    warn_padding(np.concatenate(padded_all), [crop.side for crop in crops.values()], stacklevel=4)
     return sections

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,8 @@ def extract_patches(
     image: Any = None,
     crop_size: float | None = None,
     patch_size: int = PATCH_SIZE,
+    crop_microns: float | None = None,
+    microns_per_pixel: float | Mapping[str, float] | None = None,
     show_progress_bar: bool = True,
 ) -> np.ndarray:
     """Cut one uint8 H&E patch per spot, as the model sees it.
@@ -46,6 +49,10 @@ def extract_patches(
         %(crop_size)s Default ``scalefactors['spot_diameter_fullres']`` of each library.
     patch_size
         Side of the returned patches in pixels.
+    crop_microns
+        %(crop_microns)s
+    microns_per_pixel
+        %(microns_per_pixel)s
     show_progress_bar
         Show a progress bar.
 
@@ -62,6 +69,8 @@ def extract_patches(
         image=image,
         crop_size=crop_size,
         patch_size=patch_size,
+        crop_microns=crop_microns,
+        microns_per_pixel=microns_per_pixel,
         show_progress_bar=show_progress_bar,
     )
     return patches

@@ -9,6 +9,7 @@ from anndata import AnnData
 
 from st_hist2st._constants import Key
 from st_hist2st._data._image import as_rgb_uint8
+from st_hist2st._data._scale import MICRONS_KEY, PSEUDO_SPOTS_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def tile(
     spot_diameter: float | None = None,
     min_tissue: float = 0.5,
     tissue_threshold: float | None = None,
+    microns_per_pixel: float | None = None,
 ) -> AnnData:
     """Pseudo-spots on a regular grid over the tissue of an H&E image, to predict on a slide never sequenced.
 
@@ -65,6 +67,10 @@ def tile(
         Fraction of tissue a spot needs.
     tissue_threshold
         Greyscale value up to which a pixel is tissue; default Otsu's threshold.
+    microns_per_pixel
+        Micrometres per full-resolution pixel of the slide, when known: :func:`~st_hist2st.tl.predict` then
+        cuts the physical crop size the model was trained with. Pseudo-spots have no platform spot diameter to
+        infer it from.
 
     Returns
     -------
@@ -132,7 +138,12 @@ def tile(
         library_id: {
             Key.images: {image_key: image},
             Key.scalefactors: {f"tissue_{image_key}_scalef": float(scale), "spot_diameter_fullres": spot_diameter},
-            "metadata": {"source": "st_hist2st.pp.tile", "tissue_threshold": threshold},
+            "metadata": {
+                "source": "st_hist2st.pp.tile",
+                "tissue_threshold": threshold,
+                PSEUDO_SPOTS_KEY: True,
+                **({MICRONS_KEY: float(microns_per_pixel)} if microns_per_pixel else {}),
+            },
         }
     }
     logger.info("tiled %d pseudo-spots over the tissue (of %d grid points)", int(keep.sum()), len(keep))

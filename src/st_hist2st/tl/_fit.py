@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ def fit(
     validation_libraries: Sequence[str] | None = None,
     image: Any = None,
     crop_size: float | None = None,
+    crop_microns: float | None = None,
+    microns_per_pixel: float | Mapping[str, float] | None = None,
     layout: str = "auto",
     normalize_over: str = "genes",
     preset: str = "paper",
@@ -73,6 +75,10 @@ def fit(
         %(image)s
     crop_size
         %(crop_size)s Default ``scalefactors['spot_diameter_fullres']`` of each library.
+    crop_microns
+        %(crop_microns)s
+    microns_per_pixel
+        %(microns_per_pixel)s
     layout
         Spot array for a graph built here: ``'st'``, ``'visium'`` or ``'auto'``.
     normalize_over
@@ -136,6 +142,8 @@ def fit(
         validation_libraries=validation_libraries,
         image=image,
         crop_size=crop_size,
+        crop_microns=crop_microns,
+        microns_per_pixel=microns_per_pixel,
         layout=layout,
         normalize_over=normalize_over,
         max_epochs=max_epochs,

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ def predict(
     connectivity_key: str = Key.connectivities,
     image: Any = None,
     crop_size: float | None = None,
+    crop_microns: float | None = None,
+    microns_per_pixel: float | Mapping[str, float] | None = None,
     device: str | None = None,
     precision: str = "32-true",
     test_time_augmentation: bool = False,
@@ -63,7 +65,11 @@ def predict(
     image
         %(image)s
     crop_size
-        %(crop_size)s Default the model's training setting.
+        %(crop_size)s Default: the model's crop in micrometres where it recorded them, else its crop in pixels.
+    crop_microns
+        %(crop_microns)s Default the model's (the same piece of tissue as in training, at any resolution).
+    microns_per_pixel
+        %(microns_per_pixel)s
     device
         Torch device; default CUDA when available.
     precision
@@ -135,6 +141,8 @@ def predict(
             connectivity_key=connectivity_key,
             image=image,
             crop_size=crop_size,
+            crop_microns=crop_microns,
+            microns_per_pixel=microns_per_pixel,
             device=device,
             precision=precision,
             test_time_augmentation=test_time_augmentation,
@@ -147,7 +155,7 @@ def predict(
     info = {
         "genes": list(model.genes),
         "libraries": [str(x) for x in get_libraries(adata, library_key).cat.categories],
-        **_settings(models, image_key, crop_size),
+        **_settings(models, image_key, crop_size, crop_microns),
         "n_models": len(models),
         "precision": precision,
         "test_time_augmentation": test_time_augmentation,
@@ -178,12 +186,15 @@ def predict(
     return adata if copy else None
 
 
-def _settings(models: list[Hist2ST], image_key: str | None, crop_size: float | None) -> dict[str, Any]:
-    """Image, crop size, preset and architecture for ``uns``: once when the models share them, else per model."""
-    inputs = [m.prediction_inputs(image_key, crop_size) for m in models]
+def _settings(
+    models: list[Hist2ST], image_key: str | None, crop_size: float | None, crop_microns: float | None
+) -> dict[str, Any]:
+    """Image, crop, preset and architecture for ``uns``: once when the models share them, else per model."""
+    inputs = [m.prediction_inputs(image_key, crop_size, crop_microns) for m in models]
     each = {
-        "image_key": [key for key, _ in inputs],
-        "crop_size": [size for _, size in inputs],
+        "image_key": [key for key, _, _ in inputs],
+        "crop_size": [size for _, size, _ in inputs],
+        "crop_microns": [microns for _, _, microns in inputs],
         "preset": [m.preset for m in models],
         "architecture": [m.architecture.to_dict() for m in models],
     }
