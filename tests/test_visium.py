@@ -124,3 +124,30 @@ def test_a_her2st_model_crops_the_same_micrometres_on_visium(her2st_root, brain,
     # the hires image is far coarser than the full-resolution her2st patches: said, with both figures
     with pytest.warns(UserWarning, match=r"um per pixel, much coarser than the 0\.7\d um per pixel"):
         model.predict(visium[:, []].copy(), image_key="hires", show_progress_bar=False)
+
+
+def test_several_visium_sections_concatenated(tiny):
+    import anndata as ad
+
+    sections = {}
+    for name, folder in (("brain", "mouse_brain_posterior"), ("placenta", "mouse_placenta_cytassist")):
+        section = read_visium(folder)
+        section.uns["spatial"] = {name: next(iter(section.uns["spatial"].values()))}  # as library_id=name reads it
+        section.var_names_make_unique()
+        sections[name] = section
+    adata = ad.concat(sections, label="library_id", uns_merge="unique")
+    genes = adata.var_names[np.argsort(-np.asarray(adata.X.sum(0)).ravel())[:10]].tolist()
+    model = hist2st.tl.fit(
+        adata,
+        "hires",
+        genes=genes,
+        validation_libraries=["placenta"],
+        preset="fast",
+        max_epochs=1,
+        accelerator="cpu",
+        show_progress_bar=False,
+        **tiny,
+    )
+    assert "val_pearson" in model.history and set(model.preprocessing["microns_per_pixel"]) == {"brain"}
+    hist2st.tl.predict(adata, model, show_progress_bar=False)
+    assert np.isfinite(adata[:, genes].layers["hist2st"]).all()
