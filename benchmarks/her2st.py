@@ -182,25 +182,7 @@ def main() -> None:
     for test in args.test or sections:
         train = [s for s in sections if s != test]
         t0 = time.perf_counter()
-        models = []
-        for k in range(args.models):
-            left = args.minutes - (time.perf_counter() - t0) / 60
-            models.append(
-                hist2st.tl.fit(
-                    adata,
-                    "fullres",
-                    genes=genes,
-                    crop_size=args.crop_size,
-                    validation_libraries=[test],
-                    preset=args.preset,
-                    max_epochs=args.epochs,
-                    precision=args.precision,
-                    seed=args.seed + k,
-                    show_progress_bar=False,
-                    trainer_kwargs={"max_time": {"minutes": left / (args.models - k)}, "callbacks": [PrintEpochs()]},
-                    **settings,
-                )
-            )
+        models = train_models(adata, genes, train, test, args, settings, args.minutes, callbacks=[PrintEpochs()])
         minutes = (time.perf_counter() - t0) / 60
         held = adata[adata.obs["library_id"] == test].copy()
         observed = targets(held, genes)
@@ -238,12 +220,13 @@ def parse_candidates(specs: list[str]) -> dict[str, dict]:
     return candidates
 
 
-def train_models(adata, genes, train, validation, args, settings, minutes) -> list:
+def train_models(adata, genes, train, validation, args, settings, minutes, callbacks=()) -> list:
     """``--models`` models (seeds ``--seed``, ``--seed`` + 1, ...) on ``train`` within ``minutes``."""
     models, t0 = [], time.perf_counter()
     for k in range(args.models):
         left = minutes - (time.perf_counter() - t0) / 60
-        subset = adata[adata.obs["library_id"].isin([*train, validation])].copy()
+        keep = adata.obs["library_id"].isin([*train, validation]).to_numpy()
+        subset = adata if keep.all() else adata[keep]  # a view: a copy would copy every full-resolution image
         models.append(
             hist2st.tl.fit(
                 subset,
@@ -256,7 +239,10 @@ def train_models(adata, genes, train, validation, args, settings, minutes) -> li
                 precision=args.precision,
                 seed=args.seed + k,
                 show_progress_bar=False,
-                trainer_kwargs={"max_time": {"minutes": max(left, 0.01) / (args.models - k)}},
+                trainer_kwargs={
+                    "max_time": {"minutes": max(left, 0.01) / (args.models - k)},
+                    "callbacks": list(callbacks),
+                },
                 **settings,
             )
         )
