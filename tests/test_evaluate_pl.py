@@ -188,3 +188,12 @@ def test_evaluate_compares_morans_i_with_squidpys(adata):
         reference = sq.gr.spatial_autocorr(s0, layer="hist2st", mode="moran", copy=True, n_perms=None)
     ours = table[table["library"] == "S0"].set_index("gene")["moran_obs"]
     np.testing.assert_allclose(ours.loc[reference.index], reference["I"], rtol=1e-6)
+
+
+def test_spatial_pred_shows_several_libraries(predicted):
+    axes = hist2st.pl.spatial_pred(predicted, ["gene0", "gene1"], library_id=["S0", "S1"], show=False)
+    assert axes.shape == (4, 2)
+    assert axes[0, 0].get_title() == "S0: gene0 observed" and axes[3, 1].get_title().startswith("S1: gene1 predicted")
+    with pytest.raises(ValueError, match=r"Unknown `library_id` \['S9'\]"):
+        hist2st.pl.spatial_pred(predicted, "gene0", library_id=["S0", "S9"], show=False)
+    plt.close("all")

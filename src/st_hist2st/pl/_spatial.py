@@ -33,7 +33,7 @@ def spatial_pred(
     adata: AnnData,
     genes: str | Sequence[str],
     key: str = Key.prediction,
-    library_id: str | None = None,
+    library_id: str | Sequence[str] | None = None,
     image_key: str | None = None,
     *,
     layer: str | None = None,
@@ -60,7 +60,7 @@ def spatial_pred(
     key
         Layer with the predictions (``key_added`` of :func:`~st_hist2st.tl.predict`).
     library_id
-        Library to show; default the first.
+        Library or libraries to show; default the first. With several, each gets its rows, titled with its name.
     image_key
         Image under the spots, a key of ``uns['spatial'][library_id]['images']``: ``'lowres'`` or
         ``'hires'`` when present.
@@ -73,7 +73,7 @@ def spatial_pred(
     size
         Spot size relative to ``spot_diameter_fullres``.
     ax
-        Two axes per gene (observed, predicted); default a new figure.
+        Two axes per gene and library (observed, predicted); default a new figure.
     save
         Write the figure to this file.
     show
@@ -83,7 +83,8 @@ def spatial_pred(
 
     Returns
     -------
-    Nothing when shown; else the figure with ``return_fig=True``, or the ``(n_genes, 2)`` array of axes.
+    Nothing when shown; else the figure with ``return_fig=True``, or the ``(n_libraries * n_genes, 2)`` array
+    of axes.
     """
     current = {"key": key, "layer": layer, "image_key": image_key}
     renamed_arguments("spatial_pred", deprecated, {"img_key": "image_key", "counts_layer": "layer"}, current)
@@ -93,9 +94,41 @@ def spatial_pred(
     check_adata(adata)
     genes = [genes] if isinstance(genes, str) else list(genes)
     libs = get_libraries(adata, library_key)
-    library_id = str(libs.cat.categories[0]) if library_id is None else library_id
-    if library_id not in libs.cat.categories:
-        raise ValueError(f"Unknown `library_id={library_id!r}`; libraries: {list(libs.cat.categories)}.")
+    if library_id is None:
+        library_ids = [str(libs.cat.categories[0])]
+    else:
+        library_ids = [library_id] if isinstance(library_id, str) else [str(x) for x in library_id]
+    unknown = [lib for lib in library_ids if lib not in libs.cat.categories]
+    if unknown:
+        raise ValueError(f"Unknown `library_id` {unknown}; libraries: {list(libs.cat.categories)}.")
+    rows = len(genes) * len(library_ids)
+    if ax is None:
+        fig, axes = plt.subplots(rows, 2, figsize=(8, 3.8 * rows), squeeze=False)
+    else:
+        axes = np.asarray(ax, dtype=object).reshape(-1)
+        if len(axes) != 2 * rows:
+            raise ValueError(f"`ax` must hold 2 axes per gene and library ({2 * rows}), got {len(axes)}.")
+        axes, fig = axes.reshape(rows, 2), axes[0].figure
+    for n, lib in enumerate(library_ids):
+        rows_of_library = axes[n * len(genes) : (n + 1) * len(genes)]
+        _draw_library(adata, genes, key, lib, libs, image_key, layer, cmap, size, rows_of_library, len(library_ids) > 1)
+    return finish_figure(fig, axes, save=save, show=show, return_fig=return_fig)
+
+
+def _draw_library(
+    adata: AnnData,
+    genes: list[str],
+    key: str,
+    library_id: str,
+    libs: pd.Series,
+    image_key: str | None,
+    layer: str | None,
+    cmap: str,
+    size: float,
+    axes: np.ndarray,
+    name_library: bool,
+) -> None:
+    """Observed and predicted expression of ``genes`` in one library, a row of two axes per gene."""
     idx = (libs == library_id).to_numpy()
     # the targets are normalised within each spot, so the library's own spots are all that is needed
     observed = observed_targets(adata[idx], key, layer)
@@ -110,20 +143,14 @@ def spatial_pred(
         var=pd.DataFrame(index=genes),
         obsm={Key.spatial: np.asarray(adata.obsm[Key.spatial])[idx]},
     )
+    # without an image and scale factors in uns (e.g. the images are in a SpatialData object) the spots are dots
     entry = adata.uns.get(Key.spatial, {}).get(library_id)
     if entry is not None:
         sub.uns[Key.spatial] = {library_id: entry}
-    # without an image and scale factors in uns (e.g. the images are in a SpatialData object) the spots are dots
     sub.layers["observed"] = observed.loc[sub.obs_names, genes].to_numpy(np.float32)
     r, _ = pearson_columns(sub.X.astype(np.float64), sub.layers["observed"].astype(np.float64))
-    if ax is None:
-        fig, axes = plt.subplots(len(genes), 2, figsize=(8, 3.8 * len(genes)), squeeze=False)
-    else:
-        axes = np.asarray(ax, dtype=object).reshape(-1)
-        if len(axes) != 2 * len(genes):
-            raise ValueError(f"`ax` must hold 2 axes per gene ({2 * len(genes)}), got {len(axes)}.")
-        axes, fig = axes.reshape(len(genes), 2), axes[0].figure
     sq = import_squidpy()
+    prefix = f"{library_id}: " if name_library else ""
     for k, gene in enumerate(genes):
         values = np.concatenate([sub[:, gene].X.ravel(), sub[:, gene].layers["observed"].ravel()])
         norm = Normalize(float(np.nanmin(values)), float(np.nanmax(values)))
@@ -144,6 +171,5 @@ def spatial_pred(
                     cmap=cmap,
                     norm=norm,
                     ax=axes[k, j],
-                    title=f"{gene} {what}" + (f" (r = {r[k]:.2f})" if what == "predicted" else ""),
+                    title=prefix + f"{gene} {what}" + (f" (r = {r[k]:.2f})" if what == "predicted" else ""),
                 )
-    return finish_figure(fig, axes, save=save, show=show, return_fig=return_fig)
