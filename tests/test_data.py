@@ -145,6 +145,53 @@ def _grid(rows: int, cols: int, extra: list[tuple[int, int]] = ()) -> AnnData:
     return adata
 
 
+@pytest.mark.parametrize("axis", ["x", "y"])
+@pytest.mark.parametrize("crop_size", [40, 41])
+def test_a_flipped_spatialdata_image_gives_the_same_patches(adata, axis, crop_size):
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale, Sequence, Translation
+
+    one = adata[adata.obs["library_id"] == "S0"].copy()
+    img = one.uns["spatial"]["S0"]["images"]["hires"]
+    scale = one.uns["spatial"]["S0"]["scalefactors"]["tissue_hires_scalef"]
+    height, width = img.shape[:2]
+    flip, shift = ([-1.0, 1.0], [width - 1, 0]) if axis == "x" else ([1.0, -1.0], [0, height - 1])
+    to_global = Sequence(
+        [Scale(flip, axes=("x", "y")), Translation(shift, axes=("x", "y")), Scale([1 / scale] * 2, axes=("x", "y"))]
+    )
+    flipped = img[:, ::-1] if axis == "x" else img[::-1]
+    element = Image2DModel.parse(
+        np.moveaxis(flipped, -1, 0), dims=("c", "y", "x"), transformations={"global": to_global}
+    )
+    sdata = sd.SpatialData(images={"hires": element})
+    expected = hist2st.pp.extract_patches(one, "hires", crop_size=crop_size, show_progress_bar=False)
+    got = hist2st.pp.extract_patches(one, "hires", image=sdata, crop_size=crop_size, show_progress_bar=False)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_spatialdata_coordinate_system_can_be_chosen(adata):
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Identity, Scale
+
+    one = adata[adata.obs["library_id"] == "S0"].copy()
+    img = one.uns["spatial"]["S0"]["images"]["hires"]
+    transformations = {"global": Identity(), "half": Scale([0.5, 0.5], axes=("x", "y"))}
+    element = Image2DModel.parse(np.moveaxis(img, -1, 0), dims=("c", "y", "x"), transformations=transformations)
+    sdata = sd.SpatialData(images={"hires": element})
+    with pytest.raises(KeyError, match=r"coordinate system 'micrometres'.*pass `coordinate_system=`"):
+        hist2st.pp.extract_patches(one, "hires", image=sdata, coordinate_system="micrometres", crop_size=30)
+    # coordinates given in the 'half' system: the same spots sit at half the pixel coordinates' values
+    halved = one.copy()
+    halved.obsm["spatial"] = one.obsm["spatial"] * 0.5
+    expected = hist2st.pp.extract_patches(one, "hires", crop_size=30, show_progress_bar=False)
+    got = hist2st.pp.extract_patches(
+        halved, "hires", image=sdata, coordinate_system="half", crop_size=15, show_progress_bar=False
+    )
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_st_graph_follows_the_papers_rule():
     # a full 4 x 4 grid: every spot has exactly 4 neighbours within grid distance 2
     # plus a spot 3 grid units away from the grid, which gets none

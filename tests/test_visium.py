@@ -151,3 +151,52 @@ def test_several_visium_sections_concatenated(tiny):
     assert "val_pearson" in model.history and set(model.preprocessing["microns_per_pixel"]) == {"brain"}
     hist2st.tl.predict(adata, model, show_progress_bar=False)
     assert np.isfinite(adata[:, genes].layers["hist2st"]).all()
+
+
+def spatialdata_visium(name: str, dataset_id: str):
+    sdio = pytest.importorskip("spatialdata_io")
+    folder = VISIUM / name
+    if not folder.is_dir():
+        pytest.skip(f"Visium data not found at {folder}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sdio.visium(folder, dataset_id=dataset_id)
+
+
+def test_spatialdata_io_samples_each_get_their_own_image(tiny):
+    import spatialdata as sd
+
+    both = sd.concatenate(
+        [
+            spatialdata_visium("mouse_brain_posterior", "brain"),
+            spatialdata_visium("mouse_placenta_cytassist", "placenta"),
+        ],
+        concatenate_tables=True,
+    )
+    table = both.tables["table"]
+    patches = hist2st.pp.extract_patches(table, "hires", image=both, show_progress_bar=False)
+    # each sample's rows are cut from its own image, exactly as from squidpy's reader of that folder
+    for region, name in (("brain", "mouse_brain_posterior"), ("placenta", "mouse_placenta_cytassist")):
+        rows = (table.obs["region"] == region).to_numpy()
+        expected = hist2st.pp.extract_patches(read_visium(name), "hires", show_progress_bar=False)
+        np.testing.assert_array_equal(patches[rows], expected)
+    with pytest.raises(ValueError, match=r"several images or coordinate systems .*'brain_lowres_image' in 'brain'"):
+        hist2st.pp.extract_patches(table, "image", image=both, show_progress_bar=False)
+    # the whole path on what spatialdata-io returns: libraries are the regions, the scale the spots' radius
+    table = table.copy()
+    genes = table.var_names[np.argsort(-np.asarray(table.X.sum(0)).ravel())[:8]].tolist()
+    model = hist2st.tl.fit(
+        table,
+        "hires",
+        image=both,
+        genes=genes,
+        validation_libraries=["placenta"],
+        preset="fast",
+        max_epochs=1,
+        accelerator="cpu",
+        show_progress_bar=False,
+        **tiny,
+    )
+    assert model.preprocessing["crop_microns"] == pytest.approx(55)
+    hist2st.tl.predict(table, model, image=both, show_progress_bar=False)
+    assert np.isfinite(table[:, genes].layers["hist2st"]).all()

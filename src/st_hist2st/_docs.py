@@ -29,6 +29,10 @@ DOCS = {
         "``spot_diameter_fullres`` and the platform's spot diameter (Visium 55 um, legacy ST 100 um). The "
         "model records the micrometres it was trained at, so that it crops the same piece of tissue on any slide."
     ),
+    "coordinate_system": (
+        "For a SpatialData ``image``: the coordinate system in which the table's region and the image meet (one "
+        "name, or one per library). Needed only where several fit; the error lists them."
+    ),
     "library_key": "Column of ``obs`` with the section of each spot; one section when the default column is absent.",
     "spatial_key": "Key of the spot centres (x, y), in full-resolution pixels, in ``obsm``.",
     "connectivity_key": (

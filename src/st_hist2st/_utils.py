@@ -82,6 +82,10 @@ def get_spatial(adata: AnnData, spatial_key: str = Key.spatial) -> np.ndarray:
 
 def get_libraries(adata: AnnData, library_key: str | None) -> pd.Series:
     """Library of every spot as a categorical Series; one library when ``library_key`` is absent."""
+    attrs = adata.uns.get("spatialdata_attrs", {})
+    region_key = attrs.get("region_key") if isinstance(attrs, dict) else None
+    if library_key == Key.library and library_key not in adata.obs and region_key in adata.obs:
+        library_key = region_key  # a SpatialData table: each region (e.g. a sample's spots) is a library
     if library_key is None or (library_key not in adata.obs and library_key == Key.library):
         spatial = adata.uns.get(Key.spatial, {})
         name = next(iter(spatial)) if isinstance(spatial, dict) and len(spatial) == 1 else "library"

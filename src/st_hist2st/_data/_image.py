@@ -7,6 +7,7 @@ Every source is turned into an :class:`ImageSource`: an ``(height, width, channe
 from __future__ import annotations
 
 import mmap
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,30 +157,100 @@ def image_from_container(container: Any, layer: str, library_id: str | None = No
     return ImageSource(arr.data, (scale, scale), name=f"ImageContainer[{layer!r}]")
 
 
-def image_from_spatialdata(sdata: Any, element: str, coordinate_system: str = "global") -> ImageSource:
-    """Image element ``element`` of a SpatialData object, through its transformation to ``coordinate_system``.
+def image_from_spatialdata(
+    sdata: Any,
+    element: str,
+    *,
+    library_id: str | None = None,
+    table: AnnData | None = None,
+    coordinate_system: str | Mapping[str, str] | None = None,
+) -> ImageSource:
+    """The image of one library in a SpatialData object, with the map from ``obsm['spatial']`` to its pixels.
 
-    Only axis-aligned transformations (scale and translation) are supported; the table's ``obsm['spatial']``
-    must be in ``coordinate_system``.
+    The library's rows annotate a region (the table's ``region`` column: a shapes element, e.g. the Visium
+    spots of one sample), whose intrinsic coordinates ``obsm['spatial']`` holds. The image is the element named
+    ``element``, or the one whose name contains it (``'hires'`` finds ``'sample1_hires_image'``), that has a
+    transformation to a coordinate system of that region; the two transformations compose to the map from
+    coordinates to pixels. Scales, flips and translations are supported, rotations not. Where several images or
+    coordinate systems give different maps, ``coordinate_system`` (one name, or one per library) chooses.
     """
     from spatialdata.transformations import get_transformation
 
-    if element not in sdata.images:
+    names = [element] if element in sdata.images else [n for n in sdata.images if element in n]
+    if not names:
         raise KeyError(f"Unknown `image_key={element!r}`; the SpatialData object has images {list(sdata.images)}.")
-    image = sdata.images[element]
-    if hasattr(image, "children") and not hasattr(image, "dims"):  # multiscale: level 0 is full resolution
-        image = next(iter(image["scale0"].values()))
-    transforms = get_transformation(image, get_all=True)
-    if coordinate_system not in transforms:
+    wanted = coordinate_system.get(library_id) if isinstance(coordinate_system, Mapping) else coordinate_system
+    region = _region(sdata, table, library_id)
+    if region is not None:
+        region_systems = get_transformation(_element(sdata, region), get_all=True)
+        region_maps = {cs: _matrix(t) for cs, t in region_systems.items()}
+    else:  # a table of no region: its coordinates are taken to be in the coordinate system asked for
+        region_maps = {wanted or "global": np.eye(3)}
+    candidates = []
+    for name in names:
+        image = _full_resolution(sdata.images[name])
+        for cs, transform in get_transformation(sdata.images[name], get_all=True).items():
+            if cs in region_maps and (wanted is None or cs == wanted):
+                candidates.append((name, cs, np.linalg.solve(_matrix(transform), region_maps[cs]), image))
+    where = f"region {region!r}" if region is not None else f"coordinate system {wanted or 'global'!r}"
+    if not candidates:
         raise KeyError(
-            f"Image {element!r} has no transformation to coordinate system {coordinate_system!r} "
-            f"(it has {list(transforms)}); pass `coordinate_system=`."
+            f"No image matching `image_key={element!r}` ({names}) has a transformation to a coordinate system of "
+            f"{where} (those: {list(region_maps)}); pass `coordinate_system=` naming one both share."
         )
-    matrix = transforms[coordinate_system].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
+    distinct = [c for i, c in enumerate(candidates) if not any(np.allclose(c[2], d[2]) for d in candidates[:i])]
+    if len({c[0] for c in candidates}) > 1 or len(distinct) > 1:
+        listing = ", ".join(f"{name!r} in {cs!r}" for name, cs, _, _ in candidates)
+        raise ValueError(
+            f"Library {library_id!r}: several images or coordinate systems fit `image_key={element!r}` ({listing}); "
+            "pass the image element's full name as `image_key`, or `coordinate_system=`."
+        )
+    name, cs, matrix, image = candidates[0]
     if abs(matrix[0, 1]) > 1e-9 or abs(matrix[1, 0]) > 1e-9:
-        raise ValueError(f"Image {element!r} is rotated or sheared in {coordinate_system!r}; not supported.")
-    # matrix maps image pixels to coordinates; invert the axis-aligned affine map
-    sx, sy = 1.0 / matrix[0, 0], 1.0 / matrix[1, 1]
-    offset = (-matrix[0, 2] * sx, -matrix[1, 2] * sy)
+        raise ValueError(f"Image {name!r} is rotated or sheared against {where} in {cs!r}; not supported.")
     arr = image.transpose("y", "x", "c")
-    return ImageSource(arr.data, (sx, sy), offset, name=f"SpatialData image {element!r}")
+    return ImageSource(
+        arr.data, (matrix[0, 0], matrix[1, 1]), (matrix[0, 2], matrix[1, 2]), name=f"SpatialData image {name!r}"
+    )
+
+
+def spatialdata_spot_diameter(sdata: Any, table: AnnData | None, library_id: str | None) -> float | None:
+    """Diameter of the circles of the library's region (spatialdata-io's Visium spots), in its coordinates."""
+    region = _region(sdata, table, library_id)
+    if region is None or region not in sdata.shapes or "radius" not in sdata.shapes[region]:
+        return None
+    return 2.0 * float(np.median(sdata.shapes[region]["radius"]))
+
+
+def _region(sdata: Any, table: AnnData | None, library_id: str | None) -> str | None:
+    """The element the table's rows of ``library_id`` annotate, where the table says so."""
+    attrs = table.uns.get("spatialdata_attrs", {}) if table is not None else {}
+    region_key = attrs.get("region_key") if isinstance(attrs, Mapping) else None
+    if region_key is None or region_key not in table.obs:
+        return None
+    regions = [str(r) for r in table.obs[region_key].unique()]
+    if library_id in regions:
+        return library_id
+    if len(regions) == 1:
+        return regions[0]
+    return None
+
+
+def _element(sdata: Any, name: str) -> Any:
+    for kind in ("shapes", "points", "labels", "images"):
+        elements = getattr(sdata, kind, {})
+        if name in elements:
+            return elements[name]
+    raise KeyError(f"The table annotates {name!r}, which the SpatialData object does not hold.")
+
+
+def _full_resolution(image: Any) -> Any:
+    """Level 0 of a multiscale image (a DataTree), or the image itself."""
+    if hasattr(image, "children") and not hasattr(image, "dims"):
+        return next(iter(image["scale0"].values()))
+    return image
+
+
+def _matrix(transform: Any) -> np.ndarray:
+    """The 3 x 3 affine matrix of a spatialdata transformation on (x, y)."""
+    return np.asarray(transform.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64)

@@ -28,10 +28,14 @@ def crop_windows(source: ImageSource, coords: np.ndarray, crop_size: float) -> t
             f"{int(bad[0])} at image pixel (x, y) = {tuple(np.round(pix[bad[0]], 1))}. Check that "
             "`obsm['spatial']` is in full-resolution pixels and that the scale factor matches the image."
         )
-    side_x = max(1, int(np.floor(crop_size * source.scale[0] + 0.5)))
-    side_y = max(1, int(np.floor(crop_size * source.scale[1] + 0.5)))
-    x0 = np.floor(pix[:, 0] + 0.5).astype(np.int64) - side_x // 2
-    y0 = np.floor(pix[:, 1] + 0.5).astype(np.int64) - side_y // 2
+    # a flipped axis (negative scale) cuts as many pixels; crop_patches turns the crop back
+    side_x = max(1, int(np.floor(crop_size * abs(source.scale[0]) + 0.5)))
+    side_y = max(1, int(np.floor(crop_size * abs(source.scale[1]) + 0.5)))
+    # an even side has one more pixel before the centre than after; on a flipped axis that is after it
+    before_x = side_x // 2 if source.scale[0] > 0 else side_x - 1 - side_x // 2
+    before_y = side_y // 2 if source.scale[1] > 0 else side_y - 1 - side_y // 2
+    x0 = np.floor(pix[:, 0] + 0.5).astype(np.int64) - before_x
+    y0 = np.floor(pix[:, 1] + 0.5).astype(np.int64) - before_y
     return x0, y0, side_x, side_y
 
 
@@ -91,7 +95,11 @@ def crop_patches(
             xa, xb = max(int(cx), c0), min(int(cx) + side_x, c1)
             crops[k, ya - cy : yb - cy, xa - cx : xb - cx] = band[ya - r0 : yb - r0, xa - c0 : xb - c0]
             padded[group[k]] = 1.0 - max(yb - ya, 0) * max(xb - xa, 0) / (side_x * side_y)
-        patches[group] = resize_patches(crops, patch_size)
+        if source.scale[0] < 0:  # the image's x runs against the coordinates': mirror back
+            crops = crops[:, :, ::-1]
+        if source.scale[1] < 0:
+            crops = crops[:, ::-1]
+        patches[group] = resize_patches(np.ascontiguousarray(crops), patch_size)
         del band
         source.release_pages()
         progress.update(len(group))

@@ -63,7 +63,7 @@ class Crop:
         """Micrometres per pixel of the image the crop is cut from (coarser than full resolution for hires)."""
         if self.microns_per_pixel is None:
             return None
-        return self.microns_per_pixel / float(np.mean(self.source.scale))
+        return self.microns_per_pixel / float(np.mean(np.abs(self.source.scale)))
 
     def patch_microns_per_pixel(self, patch_size: int) -> float | None:
         """The detail of the patch: the finer of the image's pixels and the crop resampled to ``patch_size``."""
@@ -73,14 +73,18 @@ class Crop:
 
 
 def resolve_microns_per_pixel(
-    adata: AnnData, library_id: str, layout: str, given: float | Mapping[str, float] | None
+    adata: AnnData,
+    library_id: str,
+    layout: str,
+    given: float | Mapping[str, float] | None,
+    spot_diameter: float | None = None,
 ) -> tuple[float | None, str]:
     """Micrometres per full-resolution pixel of a library, and where the figure came from.
 
     From ``given`` (one figure, or one per library), else ``uns['spatial'][library_id]['metadata']
-    ['microns_per_pixel']``, else ``spot_diameter_fullres`` and the platform's spot diameter (Visium 55 um,
-    legacy ST 100 um, by the array's ``layout``; not for pseudo-spots of :func:`~st_hist2st.pp.tile`); ``None``
-    when none exists.
+    ['microns_per_pixel']``, else ``spot_diameter`` (``spot_diameter_fullres``, or the SpatialData circles'
+    diameter) and the platform's spot diameter (Visium 55 um, legacy ST 100 um, by the array's ``layout``; not
+    for pseudo-spots of :func:`~st_hist2st.pp.tile`); ``None`` when none exists.
     """
     if given is not None:
         value = given.get(library_id) if isinstance(given, Mapping) else given
@@ -94,13 +98,10 @@ def resolve_microns_per_pixel(
         return float(metadata[MICRONS_KEY]), f"uns['spatial'][{library_id!r}]['metadata'][{MICRONS_KEY!r}]"
     if isinstance(metadata, Mapping) and metadata.get(PSEUDO_SPOTS_KEY):
         return None, "unknown (pseudo-spots: their diameter is no platform's)"
-    scalefactors = entry.get(Key.scalefactors, {}) if isinstance(entry, Mapping) else {}
-    diameter = scalefactors.get("spot_diameter_fullres") if isinstance(scalefactors, Mapping) else None
-    if diameter and float(diameter) > 0 and layout in SPOT_DIAMETER_MICRONS:
+    if spot_diameter and float(spot_diameter) > 0 and layout in SPOT_DIAMETER_MICRONS:
         microns = SPOT_DIAMETER_MICRONS[layout]
-        return microns / float(
-            diameter
-        ), f"spot_diameter_fullres ({float(diameter):.1f} px) = {microns:g} um ({layout})"
+        how = f"spot diameter ({float(spot_diameter):.1f} px) = {microns:g} um ({layout})"
+        return microns / float(spot_diameter), how
     return None, "unknown"
 
 

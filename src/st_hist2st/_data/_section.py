@@ -15,7 +15,13 @@ from tqdm.auto import tqdm
 
 from st_hist2st._constants import MOSTLY_PADDED, PATCH_SIZE, Key
 from st_hist2st._data._graph import Layout, detect_layout, get_connectivities, grid_positions, to_edge_index
-from st_hist2st._data._image import ImageSource, image_from_anndata, image_from_container, image_from_spatialdata
+from st_hist2st._data._image import (
+    ImageSource,
+    image_from_anndata,
+    image_from_container,
+    image_from_spatialdata,
+    spatialdata_spot_diameter,
+)
 from st_hist2st._data._patches import crop_patches
 from st_hist2st._data._scale import Crop, resolve_microns_per_pixel
 from st_hist2st._data._targets import expression_targets, get_counts, size_factors, spot_totals
@@ -62,7 +68,13 @@ class Section:
         return len(self.obs_index)
 
 
-def resolve_image(adata: AnnData, image_key: str, library_id: str, image: Any = None) -> ImageSource:
+def resolve_image(
+    adata: AnnData,
+    image_key: str,
+    library_id: str,
+    image: Any = None,
+    coordinate_system: str | Mapping[str, str] | None = None,
+) -> ImageSource:
     """The image of ``library_id``: from ``image`` (ImageContainer or SpatialData) or ``adata.uns['spatial']``."""
     if image is None:
         return image_from_anndata(adata, image_key, library_id)
@@ -70,21 +82,34 @@ def resolve_image(adata: AnnData, image_key: str, library_id: str, image: Any = 
     if kind == "ImageContainer":
         return image_from_container(image, image_key, library_id)
     if kind == "SpatialData":
-        return image_from_spatialdata(image, image_key)
+        return image_from_spatialdata(
+            image, image_key, library_id=library_id, table=adata, coordinate_system=coordinate_system
+        )
     if isinstance(image, ImageSource):
         return image
     raise TypeError(f"`image` must be a squidpy ImageContainer or a SpatialData object, got {kind}.")
 
 
-def default_crop_size(adata: AnnData, library_id: str) -> float:
-    """``spot_diameter_fullres`` of the library, the default crop side."""
+def spot_diameter(adata: AnnData, library_id: str, image: Any = None) -> float | None:
+    """Spot diameter in full-resolution pixels: ``spot_diameter_fullres``, or the SpatialData circles' radius."""
     try:
         return float(adata.uns[Key.spatial][library_id][Key.scalefactors]["spot_diameter_fullres"])
     except (KeyError, TypeError):
+        pass
+    if type(image).__name__ == "SpatialData":
+        return spatialdata_spot_diameter(image, adata, library_id)
+    return None
+
+
+def default_crop_size(adata: AnnData, library_id: str, image: Any = None) -> float:
+    """The spot diameter of the library, the default crop side."""
+    diameter = spot_diameter(adata, library_id, image)
+    if diameter is None:
         raise KeyError(
             f"No `crop_size` given and no `uns['spatial'][{library_id!r}]['scalefactors']['spot_diameter_fullres']`"
             " to default to; pass `crop_size=` in full-resolution pixels (112 on her2st, as the paper)."
-        ) from None
+        )
+    return diameter
 
 
 def resolve_crops(
@@ -98,11 +123,15 @@ def resolve_crops(
     microns_per_pixel: float | Mapping[str, float] | None = None,
     layouts: Mapping[str, str] | None = None,
     fallback_crop_size: float | str | None = None,
+    coordinate_system: str | Mapping[str, str] | None = None,
 ) -> dict[str, Crop]:
     """Image, crop side and physical scale of each library, checked before any long work.
 
     The side is ``crop_size`` full-resolution pixels when given, else ``crop_microns`` micrometres at each
-    library's own scale, else ``spot_diameter_fullres``.
+    library's own scale, else the spot diameter. ``layouts`` (``'st'`` or ``'visium'`` per library) give the
+    platform's spot diameter, from which the scale follows when ``microns_per_pixel`` is not given. A library
+    of unknown scale is refused with ``crop_microns``, or, with ``fallback_crop_size`` (a model's training crop
+    in pixels, or ``'default'`` for the spot diameter), cropped so with a warning.
     """
     if crop_size is not None and crop_microns is not None:
         raise ValueError("Pass `crop_size` (pixels) or `crop_microns` (micrometres), not both.")
@@ -110,14 +139,18 @@ def resolve_crops(
         raise ValueError(f"`crop_microns` must be positive, got {crop_microns}.")
     crops = {}
     for lib in libraries:
-        source = resolve_image(adata, image_key, lib, image)
-        layout = (layouts or {}).get(lib) or detect_layout(grid_positions(adata[adata_rows(adata, lib)]))
-        mpp, how = resolve_microns_per_pixel(adata, lib, layout, microns_per_pixel)
+        source = resolve_image(adata, image_key, lib, image, coordinate_system)
+        layout = (layouts or {}).get(lib, "unknown")
+        mpp, how = resolve_microns_per_pixel(adata, lib, layout, microns_per_pixel, spot_diameter(adata, lib, image))
         if crop_size is not None:
             side = float(crop_size)
         elif crop_microns is not None:
             if mpp is None and fallback_crop_size is not None:
-                side = default_crop_size(adata, lib) if fallback_crop_size == "default" else float(fallback_crop_size)
+                side = (
+                    default_crop_size(adata, lib, image)
+                    if fallback_crop_size == "default"
+                    else float(fallback_crop_size)
+                )
                 warnings.warn(
                     f"Library {lib!r} has no physical scale ({how}), so the model's {crop_microns:.0f} um crops "
                     f"cannot be matched; cropping {side:g} pixels instead. Pass `microns_per_pixel=` to crop the "
@@ -134,16 +167,11 @@ def resolve_crops(
                 )
             side = float(crop_microns) / mpp
         else:
-            side = default_crop_size(adata, lib)
+            side = default_crop_size(adata, lib, image)
         if not side > 0:
             raise ValueError(f"`crop_size` must be positive, got {side}.")
         crops[lib] = Crop(source, side, mpp, how)
     return crops
-
-
-def adata_rows(adata: AnnData, library_id: str, library_key: str | None = Key.library) -> np.ndarray:
-    """Positions of the spots of ``library_id`` in ``adata``."""
-    return np.flatnonzero((get_libraries(adata, library_key) == library_id).to_numpy())
 
 
 def extract_patches(
@@ -157,6 +185,7 @@ def extract_patches(
     patch_size: int = PATCH_SIZE,
     crop_microns: float | None = None,
     microns_per_pixel: float | Mapping[str, float] | None = None,
+    coordinate_system: str | Mapping[str, str] | None = None,
     show_progress_bar: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Patches for every spot of ``adata`` (library by library) and the padded fraction of each."""
@@ -175,6 +204,7 @@ def extract_patches(
         crop_microns=crop_microns,
         microns_per_pixel=microns_per_pixel,
         layouts=layouts,
+        coordinate_system=coordinate_system,
     )
     with tqdm(total=adata.n_obs, desc="cropping patches", unit="spot", disable=not show_progress_bar) as progress:
         for lib, crop in crops.items():
@@ -218,6 +248,7 @@ def prepare_sections(
     crop_microns: float | None = None,
     microns_per_pixel: float | Mapping[str, float] | None = None,
     fallback_crop_size: float | str | None = None,
+    coordinate_system: str | Mapping[str, str] | None = None,
     n_pos: int | None = None,
     normalize_over: str = "genes",
     show_progress_bar: bool = True,
@@ -255,6 +286,7 @@ def prepare_sections(
         crop_microns=crop_microns,
         microns_per_pixel=microns_per_pixel,
         layouts=layouts,
+        coordinate_system=coordinate_system,
         fallback_crop_size=fallback_crop_size,
     )
     conn = get_connectivities(

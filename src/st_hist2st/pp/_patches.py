@@ -24,6 +24,7 @@ def extract_patches(
     patch_size: int = PATCH_SIZE,
     crop_microns: float | None = None,
     microns_per_pixel: float | Mapping[str, float] | None = None,
+    coordinate_system: str | Mapping[str, str] | None = None,
     show_progress_bar: bool = True,
 ) -> np.ndarray:
     """Cut one uint8 H&E patch per spot, as the model sees it.
@@ -53,6 +54,8 @@ def extract_patches(
         %(crop_microns)s
     microns_per_pixel
         %(microns_per_pixel)s
+    coordinate_system
+        %(coordinate_system)s
     show_progress_bar
         Show a progress bar.
 
@@ -71,6 +74,7 @@ def extract_patches(
         patch_size=patch_size,
         crop_microns=crop_microns,
         microns_per_pixel=microns_per_pixel,
+        coordinate_system=coordinate_system,
         show_progress_bar=show_progress_bar,
     )
     return patches

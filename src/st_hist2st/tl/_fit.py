@@ -31,6 +31,7 @@ def fit(
     crop_size: float | None = None,
     crop_microns: float | None = None,
     microns_per_pixel: float | Mapping[str, float] | None = None,
+    coordinate_system: str | Mapping[str, str] | None = None,
     layout: str = "auto",
     normalize_over: str = "genes",
     preset: str = "paper",
@@ -79,6 +80,8 @@ def fit(
         %(crop_microns)s
     microns_per_pixel
         %(microns_per_pixel)s
+    coordinate_system
+        %(coordinate_system)s
     layout
         Spot array for a graph built here: ``'st'``, ``'visium'`` or ``'auto'``.
     normalize_over
@@ -144,6 +147,7 @@ def fit(
         crop_size=crop_size,
         crop_microns=crop_microns,
         microns_per_pixel=microns_per_pixel,
+        coordinate_system=coordinate_system,
         layout=layout,
         normalize_over=normalize_over,
         max_epochs=max_epochs,

@@ -30,6 +30,7 @@ def predict(
     crop_size: float | None = None,
     crop_microns: float | None = None,
     microns_per_pixel: float | Mapping[str, float] | None = None,
+    coordinate_system: str | Mapping[str, str] | None = None,
     device: str | None = None,
     precision: str = "32-true",
     test_time_augmentation: bool = False,
@@ -70,6 +71,8 @@ def predict(
         %(crop_microns)s Default the model's (the same piece of tissue as in training, at any resolution).
     microns_per_pixel
         %(microns_per_pixel)s
+    coordinate_system
+        %(coordinate_system)s
     device
         Torch device; default CUDA when available.
     precision
@@ -143,6 +146,7 @@ def predict(
             crop_size=crop_size,
             crop_microns=crop_microns,
             microns_per_pixel=microns_per_pixel,
+            coordinate_system=coordinate_system,
             device=device,
             precision=precision,
             test_time_augmentation=test_time_augmentation,
