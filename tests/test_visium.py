@@ -200,3 +200,39 @@ def test_spatialdata_io_samples_each_get_their_own_image(tiny):
     assert model.preprocessing["crop_microns"] == pytest.approx(55)
     hist2st.tl.predict(table, model, image=both, show_progress_bar=False)
     assert np.isfinite(table[:, genes].layers["hist2st"]).all()
+
+
+def test_a_micrometre_coordinate_system_gives_the_scale():
+    from spatialdata.transformations import Scale, set_transformation
+
+    sdata = spatialdata_visium("mouse_brain_posterior", "brain")
+    table = sdata.tables["table"]
+    diameter = 2 * float(np.median(sdata.shapes["brain"]["radius"]))
+    # a system in micrometres, as Xenium's 'global' is: 55 um per spot diameter
+    set_transformation(sdata.shapes["brain"], Scale([55 / diameter] * 2, axes=("x", "y")), to_coordinate_system="um")
+    by_spot = hist2st.pp.extract_patches(table, "hires", image=sdata, show_progress_bar=False)
+    by_microns = hist2st.pp.extract_patches(
+        table, "hires", image=sdata, crop_microns=55, microns_per_pixel="um", show_progress_bar=False
+    )
+    np.testing.assert_array_equal(by_microns, by_spot)
+    with pytest.raises(KeyError, match="names no coordinate system of region 'brain'"):
+        hist2st.pp.extract_patches(table, "hires", image=sdata, crop_microns=55, microns_per_pixel="mm")
+
+
+def test_an_image_container_of_a_full_resolution_tiff(adata, tmp_path, tiny):
+    import tifffile
+
+    from st_hist2st.pl._utils import import_squidpy
+
+    sq = import_squidpy()
+    one = adata[adata.obs["library_id"] == "S0"].copy()
+    image = one.uns["spatial"]["S0"]["images"]["hires"]
+    assert one.uns["spatial"]["S0"]["scalefactors"]["tissue_hires_scalef"] == 1  # the synthetic image is full size
+    tifffile.imwrite(tmp_path / "tissue.tif", image)
+    container = sq.im.ImageContainer(str(tmp_path / "tissue.tif"), layer="fullres", library_id="S0", lazy=True)
+    from_tiff = hist2st.pp.extract_patches(one, "fullres", image=container, show_progress_bar=False)
+    np.testing.assert_array_equal(from_tiff, hist2st.pp.extract_patches(one, "hires", show_progress_bar=False))
+    model = hist2st.tl.fit(
+        one, "fullres", image=container, max_epochs=1, accelerator="cpu", show_progress_bar=False, **tiny
+    )
+    assert np.isfinite(model.predict(one, image=container, show_progress_bar=False)).all()

@@ -24,7 +24,9 @@ DOCS = {
         "``microns_per_pixel``); instead of ``crop_size``."
     ),
     "microns_per_pixel": (
-        "Micrometres per full-resolution pixel: one figure, or one per library. Default "
+        "Micrometres per full-resolution pixel: one figure, or one per library; for a SpatialData ``image``, "
+        "also the name of its coordinate system in micrometres (e.g. Xenium's ``'global'``), whose "
+        "transformation of each library's region gives the scale. Default "
         "``uns['spatial'][library_id]['metadata']['microns_per_pixel']`` where present, else "
         "``spot_diameter_fullres`` and the platform's spot diameter (Visium 55 um, legacy ST 100 um). The "
         "model records the micrometres it was trained at, so that it crops the same piece of tissue on any slide."

@@ -222,6 +222,29 @@ def spatialdata_spot_diameter(sdata: Any, table: AnnData | None, library_id: str
     return 2.0 * float(np.median(sdata.shapes[region]["radius"]))
 
 
+def spatialdata_microns_per_unit(sdata: Any, table: AnnData | None, library_id: str | None, system: str) -> float:
+    """Micrometres per unit of ``obsm['spatial']``: the scale of the library's region in the micrometre ``system``.
+
+    spatialdata keeps no units in memory, so the caller names the coordinate system that is in micrometres.
+    """
+    from spatialdata.transformations import get_transformation
+
+    region = _region(sdata, table, library_id)
+    if region is None:
+        raise ValueError(
+            f"Library {library_id!r}: the table names no region, so its coordinates cannot be placed in {system!r}; "
+            "pass `microns_per_pixel=` as a number."
+        )
+    systems = get_transformation(_element(sdata, region), get_all=True)
+    if system not in systems:
+        raise KeyError(
+            f"`microns_per_pixel={system!r}` names no coordinate system of region {region!r} (it has "
+            f"{list(systems)}); name the one in micrometres, or pass a number."
+        )
+    linear = _matrix(systems[system])[:2, :2]
+    return float(np.sqrt(abs(np.linalg.det(linear))))
+
+
 def _region(sdata: Any, table: AnnData | None, library_id: str | None) -> str | None:
     """The element the table's rows of ``library_id`` annotate, where the table says so."""
     attrs = table.uns.get("spatialdata_attrs", {}) if table is not None else {}

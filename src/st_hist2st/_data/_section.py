@@ -20,6 +20,7 @@ from st_hist2st._data._image import (
     image_from_anndata,
     image_from_container,
     image_from_spatialdata,
+    spatialdata_microns_per_unit,
     spatialdata_spot_diameter,
 )
 from st_hist2st._data._patches import crop_patches
@@ -120,7 +121,7 @@ def resolve_crops(
     crop_size: float | None,
     *,
     crop_microns: float | None = None,
-    microns_per_pixel: float | Mapping[str, float] | None = None,
+    microns_per_pixel: float | Mapping[str, float] | str | None = None,
     layouts: Mapping[str, str] | None = None,
     fallback_crop_size: float | str | None = None,
     coordinate_system: str | Mapping[str, str] | None = None,
@@ -141,7 +142,17 @@ def resolve_crops(
     for lib in libraries:
         source = resolve_image(adata, image_key, lib, image, coordinate_system)
         layout = (layouts or {}).get(lib, "unknown")
-        mpp, how = resolve_microns_per_pixel(adata, lib, layout, microns_per_pixel, spot_diameter(adata, lib, image))
+        if isinstance(microns_per_pixel, str):  # a SpatialData coordinate system in micrometres
+            if type(image).__name__ != "SpatialData":
+                raise TypeError(
+                    f"`microns_per_pixel={microns_per_pixel!r}` names a coordinate system, which only a SpatialData "
+                    "`image` has; pass a number."
+                )
+            mpp = spatialdata_microns_per_unit(image, adata, lib, microns_per_pixel)
+            how = f"the coordinate system {microns_per_pixel!r}, in micrometres"
+        else:
+            diameter = spot_diameter(adata, lib, image)
+            mpp, how = resolve_microns_per_pixel(adata, lib, layout, microns_per_pixel, diameter)
         if crop_size is not None:
             side = float(crop_size)
         elif crop_microns is not None:
@@ -184,7 +195,7 @@ def extract_patches(
     crop_size: float | None = None,
     patch_size: int = PATCH_SIZE,
     crop_microns: float | None = None,
-    microns_per_pixel: float | Mapping[str, float] | None = None,
+    microns_per_pixel: float | Mapping[str, float] | str | None = None,
     coordinate_system: str | Mapping[str, str] | None = None,
     show_progress_bar: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -246,7 +257,7 @@ def prepare_sections(
     image: Any = None,
     crop_size: float | None = None,
     crop_microns: float | None = None,
-    microns_per_pixel: float | Mapping[str, float] | None = None,
+    microns_per_pixel: float | Mapping[str, float] | str | None = None,
     fallback_crop_size: float | str | None = None,
     coordinate_system: str | Mapping[str, str] | None = None,
     n_pos: int | None = None,

@@ -23,7 +23,7 @@ def extract_patches(
     crop_size: float | None = None,
     patch_size: int = PATCH_SIZE,
     crop_microns: float | None = None,
-    microns_per_pixel: float | Mapping[str, float] | None = None,
+    microns_per_pixel: float | Mapping[str, float] | str | None = None,
     coordinate_system: str | Mapping[str, str] | None = None,
     show_progress_bar: bool = True,
 ) -> np.ndarray:

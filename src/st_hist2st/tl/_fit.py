@@ -30,7 +30,7 @@ def fit(
     image: Any = None,
     crop_size: float | None = None,
     crop_microns: float | None = None,
-    microns_per_pixel: float | Mapping[str, float] | None = None,
+    microns_per_pixel: float | Mapping[str, float] | str | None = None,
     coordinate_system: str | Mapping[str, str] | None = None,
     layout: str = "auto",
     normalize_over: str = "genes",

@@ -29,7 +29,7 @@ def predict(
     image: Any = None,
     crop_size: float | None = None,
     crop_microns: float | None = None,
-    microns_per_pixel: float | Mapping[str, float] | None = None,
+    microns_per_pixel: float | Mapping[str, float] | str | None = None,
     coordinate_system: str | Mapping[str, str] | None = None,
     device: str | None = None,
     precision: str = "32-true",
