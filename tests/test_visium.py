@@ -15,6 +15,11 @@ from st_hist2st._data._graph import build_connectivities, detect_layout, grid_po
 VISIUM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "visium"
 
 
+def most_expressed(adata, n: int) -> list[str]:
+    """The ``n`` genes with the most counts, for the short fits of these tests."""
+    return adata.var_names[np.argsort(-np.asarray(adata.X.sum(0)).ravel())[:n]].tolist()
+
+
 def read_visium(name: str):
     folder = VISIUM / name
     if not folder.is_dir():
@@ -79,7 +84,7 @@ def test_fit_predict_and_plot_on_squidpys_visium_reader(brain, tiny, tmp_path):
     with pytest.raises(ValueError, match=r"var_names_make_unique\(\)"):  # this folder repeats three gene names
         hist2st.tl.fit(adata, "hires", max_epochs=1)
     adata.var_names_make_unique()
-    genes = adata.var_names[np.argsort(-np.asarray(adata.X.sum(0)).ravel())[:12]].tolist()
+    genes = most_expressed(adata, 12)
     model = hist2st.tl.fit(
         adata, "hires", genes=genes, preset="fast", max_epochs=1, accelerator="cpu", show_progress_bar=False, **tiny
     )
@@ -99,7 +104,7 @@ def test_a_her2st_model_crops_the_same_micrometres_on_visium(her2st_root, brain,
     from st_hist2st._data._section import prepare_sections
 
     b4 = hist2st.datasets.her2st(her2st_root, "B4")
-    genes = b4.var_names[np.argsort(-np.asarray(b4.X.sum(0)).ravel())[:8]].tolist()
+    genes = most_expressed(b4, 8)
     model = hist2st.tl.fit(
         b4,
         "fullres",
@@ -136,7 +141,7 @@ def test_several_visium_sections_concatenated(tiny):
         section.var_names_make_unique()
         sections[name] = section
     adata = ad.concat(sections, label="library_id", uns_merge="unique")
-    genes = adata.var_names[np.argsort(-np.asarray(adata.X.sum(0)).ravel())[:10]].tolist()
+    genes = most_expressed(adata, 10)
     model = hist2st.tl.fit(
         adata,
         "hires",
@@ -184,7 +189,7 @@ def test_spatialdata_io_samples_each_get_their_own_image(tiny):
         hist2st.pp.extract_patches(table, "image", image=both, show_progress_bar=False)
     # the whole path on what spatialdata-io returns: libraries are the regions, the scale the spots' radius
     table = table.copy()
-    genes = table.var_names[np.argsort(-np.asarray(table.X.sum(0)).ravel())[:8]].tolist()
+    genes = most_expressed(table, 8)
     model = hist2st.tl.fit(
         table,
         "hires",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
 from tqdm.auto import tqdm
@@ -102,15 +103,23 @@ def spot_diameter(adata: AnnData, library_id: str, image: Any = None) -> float |
     return None
 
 
-def default_crop_size(adata: AnnData, library_id: str, image: Any = None) -> float:
-    """The spot diameter of the library, the default crop side."""
-    diameter = spot_diameter(adata, library_id, image)
+def default_crop_size(diameter: float | None, library_id: str) -> float:
+    """The library's spot diameter (from :func:`spot_diameter`), the default crop side."""
     if diameter is None:
         raise KeyError(
             f"No `crop_size` given and no `uns['spatial'][{library_id!r}]['scalefactors']['spot_diameter_fullres']`"
             " to default to; pass `crop_size=` in full-resolution pixels (112 on her2st, as the paper)."
         )
     return diameter
+
+
+def library_layouts(
+    libraries: pd.Series, positions: np.ndarray, wanted: Sequence[str], layout: str = "auto"
+) -> dict[str, str]:
+    """The array layout (``'st'`` or ``'visium'``) of each wanted library: ``layout``, or detected from its grid."""
+    if layout != "auto":
+        return dict.fromkeys(wanted, layout)
+    return {lib: detect_layout(positions[(libraries == lib).to_numpy()]) for lib in wanted}
 
 
 def resolve_crops(
@@ -142,6 +151,7 @@ def resolve_crops(
     for lib in libraries:
         source = resolve_image(adata, image_key, lib, image, coordinate_system)
         layout = (layouts or {}).get(lib, "unknown")
+        diameter = spot_diameter(adata, lib, image)
         if isinstance(microns_per_pixel, str):  # a SpatialData coordinate system in micrometres
             if type(image).__name__ != "SpatialData":
                 raise TypeError(
@@ -151,16 +161,13 @@ def resolve_crops(
             mpp = spatialdata_microns_per_unit(image, adata, lib, microns_per_pixel)
             how = f"the coordinate system {microns_per_pixel!r}, in micrometres"
         else:
-            diameter = spot_diameter(adata, lib, image)
             mpp, how = resolve_microns_per_pixel(adata, lib, layout, microns_per_pixel, diameter)
         if crop_size is not None:
             side = float(crop_size)
         elif crop_microns is not None:
             if mpp is None and fallback_crop_size is not None:
                 side = (
-                    default_crop_size(adata, lib, image)
-                    if fallback_crop_size == "default"
-                    else float(fallback_crop_size)
+                    default_crop_size(diameter, lib) if fallback_crop_size == "default" else float(fallback_crop_size)
                 )
                 warnings.warn(
                     f"Library {lib!r} has no physical scale ({how}), so the model's {crop_microns:.0f} um crops "
@@ -178,7 +185,7 @@ def resolve_crops(
                 )
             side = float(crop_microns) / mpp
         else:
-            side = default_crop_size(adata, lib, image)
+            side = default_crop_size(diameter, lib)
         if not side > 0:
             raise ValueError(f"`crop_size` must be positive, got {side}.")
         crops[lib] = Crop(source, side, mpp, how)
@@ -204,8 +211,7 @@ def extract_patches(
     libraries = get_libraries(adata, library_key)
     patches = np.empty((adata.n_obs, 3, patch_size, patch_size), dtype=np.uint8)
     padded = np.zeros(adata.n_obs)
-    positions = grid_positions(adata, spatial_key, libraries)
-    layouts = {lib: detect_layout(positions[(libraries == lib).to_numpy()]) for lib in libraries.cat.categories}
+    layouts = library_layouts(libraries, grid_positions(adata, spatial_key, libraries), libraries.cat.categories)
     crops = resolve_crops(
         adata,
         image_key,
@@ -284,10 +290,7 @@ def prepare_sections(
         )
     counts_all = get_counts(adata, list(genes), layer) if genes is not None else None
     totals_all = spot_totals(adata, layer) if (genes is not None and normalize_over == "all") else None
-    layouts = {}
-    for lib in wanted:
-        idx = np.flatnonzero((libs == lib).to_numpy())
-        layouts[lib] = layout if layout != "auto" else detect_layout(positions[idx])
+    layouts = library_layouts(libs, positions, wanted, layout)
     crops = resolve_crops(
         adata,
         image_key,
