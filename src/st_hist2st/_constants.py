@@ -29,3 +29,6 @@ PAD_VALUE: Final = 255
 MOSTLY_PADDED: Final = 0.5
 #: Environment variable that points at the her2st data.
 DATA_ENV: Final = "HIST2ST_DATA"
+#: Spots per window of prediction, and most spots per training step; chosen by measurement (see the
+#: documentation page on large sections).
+DEFAULT_MAX_SPOTS: Final = 4096

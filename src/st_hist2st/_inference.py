@@ -1,14 +1,135 @@
-"""Running the network on a prepared section: one pass, or the average over the 8 views of each patch."""
+"""Running the network on a prepared section, window by window: one pass, or the average over 8 views.
+
+The patch encoder sees one patch at a time (given the section's colour and BatchNorm statistics), so the
+tokens of all spots are encoded in chunks; the Transformer and the graph network then run on each window of
+:func:`~st_hist2st._data._windows.plan_windows`, and each spot keeps the output of the window whose core holds
+it. Time and memory are linear in the number of spots.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from st_hist2st._data._dataset import section_batch
 from st_hist2st._data._section import Section
+from st_hist2st._data._windows import DEFAULT_MAX_SPOTS, plan_windows, window_edges
 from st_hist2st.nn._augment import dihedral
-from st_hist2st.nn._module import Hist2STModule
+from st_hist2st.nn._convmixer import release_section_statistics, section_statistics_over_chunks
+from st_hist2st.nn._module import Hist2STModule, section_channel_statistics
+
+#: Spots whose patches give a section's colour and BatchNorm statistics: all of them up to this many, else a
+#: fixed random sample of this many (the standard error of a mean is then under 1 % of a standard deviation).
+STATISTICS_SPOTS = 8192
+#: Largest section whose patches are cut once and held (0.6 GB); a larger one has them cut as each is needed.
+HOLD_PATCHES_UP_TO = 16384
+
+
+def statistics_sample(n_spots: int) -> np.ndarray:
+    """The spots whose patches give the section's statistics: all, or a fixed random sample."""
+    if n_spots <= STATISTICS_SPOTS:
+        return np.arange(n_spots)
+    return np.sort(np.random.default_rng(0).choice(n_spots, STATISTICS_SPOTS, replace=False))
+
+
+@contextmanager
+def section_statistics(
+    module: Hist2STModule, sample: torch.Tensor
+) -> Iterator[tuple[torch.Tensor, torch.Tensor] | None]:
+    """Fix the statistics the network normalises a section by, from the patches ``sample`` of the section.
+
+    Yields the colour channels' mean and standard deviation (``section_norm``; ``None`` without it). With
+    ``section_batchnorm`` the encoder's BatchNorms normalise every chunk by the sample's statistics until exit.
+    """
+    channel = None
+    if module.arch.section_norm:
+        mean, std = section_channel_statistics(sample.unsqueeze(0))
+        channel = (mean[0], std[0])
+    if module.arch.section_batchnorm:
+        chunks = [(part, expanded(channel, len(part)), None) for part in sample.split(module.encoder_chunk)]
+        section_statistics_over_chunks(module.encoder, module._encode_chunk, chunks)
+    try:
+        yield channel
+    finally:
+        release_section_statistics(module.encoder)
+
+
+def expanded(channel: tuple[torch.Tensor, torch.Tensor] | None, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-patch ``(n, 3, 1, 1)`` views of the section's channel statistics."""
+    if channel is None:
+        return None
+    return channel[0].expand(n, -1, -1, -1), channel[1].expand(n, -1, -1, -1)
+
+
+def predict_windows(
+    module: Hist2STModule,
+    patches_of: Callable[[np.ndarray], torch.Tensor],
+    positions: torch.Tensor,
+    edge_index: torch.Tensor,
+    device: torch.device,
+    *,
+    precision: str = "32-true",
+    test_time_augmentation: bool = False,
+    max_spots: int | None = DEFAULT_MAX_SPOTS,
+    margin: int | None = None,
+    progress: tqdm | None = None,
+) -> np.ndarray:
+    """``(n_spots, n_genes)`` predictions of ``module`` (in eval mode, on ``device``) for one section.
+
+    Parameters
+    ----------
+    patches_of
+        The uint8 patches of the given spots (held, or cut from the image when asked for).
+    positions, edge_index
+        Grid positions and spot graph of the section.
+    precision
+        ``'bf16-mixed'`` runs under bfloat16 autocast.
+    test_time_augmentation
+        Average over the 8 rotations by multiples of 90 degrees and mirrors of every patch.
+    max_spots
+        Largest window, margin included; ``None`` runs the whole section at once.
+    margin
+        Graph hops of neighbours around each window's core; default the graph network's layers.
+    progress
+        A progress bar to advance by each spot encoded.
+    """
+    n = len(positions)
+    margin = module.arch.depth3 if margin is None else int(margin)
+    windows = plan_windows(positions, edge_index, max_spots, margin)
+    # encoded window by window, so that the patches cut together lie together on the slide
+    order = np.concatenate([w.members[w.core] for w in windows])
+    sample = statistics_sample(n)
+    positions, edge_index = positions.to(device), edge_index.to(device)
+    views = range(8) if test_time_augmentation else range(1)
+    total = np.zeros((n, module.arch.n_genes), dtype=np.float32)
+    chunk = module.encoder_chunk
+    # no autocast context for '32-true': inside a bf16 Lightning validation it would turn the caller's off
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext()
+    with torch.inference_mode(), autocast:
+        for symmetry in views:
+            with section_statistics(module, dihedral(patches_of(sample).to(device), symmetry)) as channel:
+                tokens = None
+                for part in np.array_split(order, max(1, -(-n // chunk))):
+                    encoded = module.encode_patches(
+                        dihedral(patches_of(part).to(device), symmetry), expanded(channel, len(part))
+                    )
+                    if tokens is None:
+                        tokens = encoded.new_empty((n, encoded.shape[1]))
+                    tokens[torch.as_tensor(part, device=device)] = encoded
+                    if progress is not None:
+                        progress.update(len(part))
+            if module.x_embed is not None:
+                tokens = tokens + module.x_embed(positions[:, 0]) + module.y_embed(positions[:, 1])
+            for window in windows:
+                members = torch.as_tensor(window.members, device=device)
+                h = module.transformer(tokens[members].unsqueeze(0))
+                h = module.gnn(h, window_edges(edge_index, window.members, n))
+                core = torch.as_tensor(window.core, device=device)
+                total[window.members[window.core]] += module.gene_head(h[0, core]).float().cpu().numpy()
+    return total / len(views)
 
 
 def predict_section(
@@ -17,18 +138,23 @@ def predict_section(
     device: torch.device,
     precision: str = "32-true",
     test_time_augmentation: bool = False,
+    max_spots: int | None = DEFAULT_MAX_SPOTS,
+    margin: int | None = None,
+    progress: tqdm | None = None,
 ) -> np.ndarray:
-    """``(n_spots, n_genes)`` predictions of ``module`` (in eval mode, on ``device``) for one section.
+    """``(n_spots, n_genes)`` predictions of ``module`` (in eval mode, on ``device``) for one prepared section.
 
-    ``precision='bf16-mixed'`` runs under bfloat16 autocast; ``test_time_augmentation`` averages over the 8
-    rotations by multiples of 90 degrees and mirrors of every patch.
+    See :func:`predict_windows`; patches the section does not hold are cut from its image as needed.
     """
-    batch = {k: v.to(device) for k, v in section_batch(section).items()}
-    views = range(8) if test_time_augmentation else range(1)
-    total = None
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-        for symmetry in views:
-            patches = dihedral(batch["patches"], symmetry)
-            pred = module(patches, batch["positions"], batch["edge_index"]).expression[0].float()
-            total = pred if total is None else total + pred
-    return (total / len(views)).cpu().numpy()
+    return predict_windows(
+        module,
+        section.patches_of,
+        section.positions,
+        section.edge_index,
+        device,
+        precision=precision,
+        test_time_augmentation=test_time_augmentation,
+        max_spots=max_spots,
+        margin=margin,
+        progress=progress,
+    )

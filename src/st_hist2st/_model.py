@@ -21,7 +21,8 @@ from st_hist2st._constants import PATCH_SIZE, Key
 from st_hist2st._data._dataset import EpochShuffle, SectionDataset, identity_collate, target_statistics
 from st_hist2st._data._scale import physical_record, warn_coarser_images
 from st_hist2st._data._section import Section, prepare_sections
-from st_hist2st._inference import predict_section
+from st_hist2st._data._windows import DEFAULT_MAX_SPOTS, check_max_spots
+from st_hist2st._inference import HOLD_PATCHES_UP_TO, predict_section
 from st_hist2st._persistence import (
     CARD_FILE,
     CONFIG_FILE,
@@ -198,6 +199,7 @@ class Hist2ST:
             train = [s for s in sections if s.library_id in train_libs]
             val = [s for s in sections if s.library_id in val_libs]
             check_targets_vary(train, self.genes)
+            log_training_windows(train, self.training.max_spots)
             preprocessing = {
                 "image_key": image_key,
                 "crop_size": None if crop_size is None else float(crop_size),
@@ -321,6 +323,8 @@ class Hist2ST:
         device: str | torch.device | None = None,
         precision: str = "32-true",
         test_time_augmentation: bool = False,
+        max_spots: int | None = DEFAULT_MAX_SPOTS,
+        window_margin: int | None = None,
         show_progress_bar: bool = True,
     ) -> np.ndarray:
         """Predicted transformed expression, ``(n_obs, n_genes)`` float32 in the order of ``genes``.
@@ -330,6 +334,11 @@ class Hist2ST:
         self._check_trained()
         check_adata(adata)
         precision = check_precision(precision, predict=True)
+        max_spots = check_max_spots(max_spots)
+        if window_margin is not None and (
+            isinstance(window_margin, bool) or int(window_margin) != window_margin or window_margin < 0
+        ):
+            raise ValueError(f"`window_margin` must be a non-negative number of graph hops, got {window_margin!r}.")
         given = crop_size is not None or crop_microns is not None
         image_key, crop_size, crop_microns = self.prediction_inputs(image_key, crop_size, crop_microns)
         if image_key is None:
@@ -350,26 +359,61 @@ class Hist2ST:
             # the model's micrometres on a slide of unknown scale: its pixels, with a warning
             fallback_crop_size=None if given else (self.preprocessing.get("crop_size") or "default"),
             n_pos=self.architecture.n_pos if self.architecture.position_embedding else None,
+            hold_patches_up_to=HOLD_PATCHES_UP_TO,
             show_progress_bar=show_progress_bar,
         )
         warn_coarser_images(sections, self.preprocessing.get("patch_microns_per_pixel"))
+        for section in sections:
+            if max_spots is not None and section.n_spots > max_spots:
+                logger.info(
+                    "library %r: %d spots, predicted in windows of at most %d spots (`max_spots`)",
+                    section.library_id,
+                    section.n_spots,
+                    max_spots,
+                )
         device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         out = np.full((adata.n_obs, len(self.genes)), np.nan, dtype=np.float32)
         was_training = self.module.training
         self.module.to(device).eval()
+        views = 8 if test_time_augmentation else 1
+        total = views * sum(s.n_spots for s in sections)
         try:
-            with flush_denormals():
-                for section in tqdm(sections, desc="predicting", unit="section", disable=not show_progress_bar):
-                    out[section.obs_index] = self.predict_section(section, device, precision, test_time_augmentation)
+            with (
+                flush_denormals(),
+                tqdm(total=total, desc="predicting", unit="spot", disable=not show_progress_bar) as progress,
+            ):
+                for section in sections:
+                    out[section.obs_index] = self.predict_section(
+                        section, device, precision, test_time_augmentation, max_spots, window_margin, progress
+                    )
         finally:
             self.module.train(was_training).cpu()
         return out
 
     def predict_section(
-        self, section: Section, device: torch.device, precision: str = "32-true", test_time_augmentation: bool = False
+        self,
+        section: Section,
+        device: torch.device,
+        precision: str = "32-true",
+        test_time_augmentation: bool = False,
+        max_spots: int | None = DEFAULT_MAX_SPOTS,
+        window_margin: int | None = None,
+        progress: tqdm | None = None,
     ) -> np.ndarray:
-        """Predicted expression of one prepared section, averaged over the 8 views with ``test_time_augmentation``."""
-        return predict_section(self.module, section, device, check_precision(precision), test_time_augmentation)
+        """Predicted expression of one prepared section, averaged over the 8 views with ``test_time_augmentation``.
+
+        A section of more than ``max_spots`` spots is predicted in windows (see :func:`st_hist2st.tl.predict`).
+        """
+        return predict_section(
+            self.module,
+            section,
+            device,
+            check_precision(precision),
+            test_time_augmentation,
+            max_spots=check_max_spots(max_spots),
+            margin=window_margin,
+            progress=progress,
+        )
 
     def _check_trained(self) -> None:
         if not self.is_trained:
@@ -491,6 +535,20 @@ class Hist2ST:
             f"Hist2ST({state}, preset={self.preset!r}, {len(self.genes)} genes [{genes}], "
             f"{self.n_parameters:,} parameters, dim={self.architecture.dim})"
         )
+
+
+def log_training_windows(sections: Sequence[Section], max_spots: int | None) -> None:
+    """Say which training sections are too large for one step and are trained on in windows."""
+    for section in sections:
+        if max_spots is not None and section.n_spots > max_spots:
+            logger.info(
+                "library %r: %d spots, more than `max_spots=%d`; each training step takes the %d spots nearest "
+                "a random spot, and validation predicts in windows",
+                section.library_id,
+                section.n_spots,
+                max_spots,
+                max_spots,
+            )
 
 
 def resolve_model(model: Hist2ST | str | Path) -> Hist2ST:

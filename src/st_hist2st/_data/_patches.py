@@ -39,6 +39,14 @@ def crop_windows(source: ImageSource, coords: np.ndarray, crop_size: float) -> t
     return x0, y0, side_x, side_y
 
 
+def padded_fraction(source: ImageSource, coords: np.ndarray, crop_size: float) -> np.ndarray:
+    """The fraction of each spot's crop that lies outside the image (padded), without reading any pixel."""
+    x0, y0, side_x, side_y = crop_windows(source, coords, crop_size)
+    inside_x = np.clip(x0 + side_x, 0, source.width) - np.clip(x0, 0, source.width)
+    inside_y = np.clip(y0 + side_y, 0, source.height) - np.clip(y0, 0, source.height)
+    return 1.0 - inside_x * inside_y / (side_x * side_y)
+
+
 def crop_patches(
     source: ImageSource,
     coords: np.ndarray,
@@ -51,8 +59,9 @@ def crop_patches(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cut a square patch of side ``crop_size`` full-resolution pixels around each spot.
 
-    Only a band of about ``band_rows`` image rows is read at a time, so memory grows with the number of
-    spots, not with the image. Parts outside the image are filled with white (255).
+    The image is read a block of about ``band_rows`` x ``band_rows`` pixels at a time, and only where there
+    are spots, so memory grows with the number of spots, not with the image, and a whole-slide image is read
+    only where its tissue is. Parts outside the image are filled with white (255).
 
     Parameters
     ----------
@@ -65,7 +74,7 @@ def crop_patches(
     patch_size
         Side of the returned patches; crops of another size are resized (bilinear, antialiased).
     band_rows
-        Image rows read at once.
+        Side of the blocks of image pixels read at once.
     show_progress_bar
         Show a progress bar over the spots.
     progress
@@ -79,8 +88,12 @@ def crop_patches(
     x0, y0, side_x, side_y = crop_windows(source, coords, crop_size)
     patches = np.empty((n, 3, patch_size, patch_size), dtype=np.uint8)
     padded = np.zeros(n, dtype=np.float64)
-    order = np.argsort(y0, kind="stable")
-    groups = np.split(order, np.flatnonzero(np.diff(y0[order] // max(band_rows, 1))) + 1) if n else []
+    # blocks of band_rows x band_rows pixels: a slide is read only where there are spots
+    block = max(band_rows, 1)
+    keys = np.stack([y0 // block, x0 // block])
+    order = np.lexsort(keys[::-1])
+    cuts = np.flatnonzero((np.diff(keys[:, order], axis=1) != 0).any(axis=0)) + 1 if n else []
+    groups = np.split(order, cuts) if n else []
     own = progress is None
     if own:
         progress = tqdm(total=n, desc="cropping patches", unit="spot", disable=not show_progress_bar)

@@ -24,7 +24,7 @@ from st_hist2st._data._image import (
     spatialdata_microns_per_unit,
     spatialdata_spot_diameter,
 )
-from st_hist2st._data._patches import crop_patches
+from st_hist2st._data._patches import crop_patches, padded_fraction
 from st_hist2st._data._scale import Crop, resolve_microns_per_pixel
 from st_hist2st._data._targets import expression_targets, get_counts, size_factors, spot_totals
 from st_hist2st._utils import check_libraries, get_libraries, get_spatial
@@ -43,7 +43,8 @@ class Section:
     obs_index
         Positions of its spots in the AnnData it came from.
     patches
-        ``(n, 3, 112, 112)`` uint8 patches, one per spot.
+        ``(n, 3, 112, 112)`` uint8 patches, one per spot; ``None`` when they are cut as needed
+        (:meth:`patches_of`), for sections too large to hold them all.
     positions
         ``(n, 2)`` integer (column, row) grid positions.
     edge_index
@@ -52,22 +53,35 @@ class Section:
         ``(n, n_genes)`` transformed expression and raw counts, ``(n,)`` size factors; ``None`` without expression.
     crop
         The image, crop side and physical scale the patches were cut with.
+    coords
+        ``(n, 2)`` spot centres in full-resolution pixels, to cut patches from ``crop`` when ``patches`` is
+        ``None``.
     """
 
     library_id: str
     obs_index: np.ndarray
-    patches: torch.Tensor
+    patches: torch.Tensor | None
     positions: torch.Tensor
     edge_index: torch.Tensor
     targets: torch.Tensor | None = None
     counts: torch.Tensor | None = None
     size_factors: torch.Tensor | None = None
     crop: Crop | None = None
+    coords: np.ndarray | None = None
 
     @property
     def n_spots(self) -> int:
         """Number of spots."""
         return len(self.obs_index)
+
+    def patches_of(self, index: np.ndarray) -> torch.Tensor:
+        """``(len(index), 3, 112, 112)`` uint8 patches of the spots ``index``, cut from the image if not held."""
+        if self.patches is not None:
+            return self.patches[torch.as_tensor(index, dtype=torch.long)]
+        if self.crop is None or self.coords is None:
+            raise ValueError(f"Section {self.library_id!r} holds neither patches nor the image to cut them from.")
+        patches, _ = crop_patches(self.crop.source, self.coords[index], self.crop.side, patch_size=PATCH_SIZE)
+        return torch.from_numpy(patches)
 
 
 def resolve_image(
@@ -268,13 +282,16 @@ def prepare_sections(
     coordinate_system: str | Mapping[str, str] | None = None,
     n_pos: int | None = None,
     normalize_over: str = "genes",
+    hold_patches_up_to: int | None = None,
     show_progress_bar: bool = True,
 ) -> list[Section]:
     """Check every input, then build one :class:`Section` per library.
 
     With ``genes=None`` no expression is read (prediction on H&E only). ``n_pos`` is the size of the model's
     grid-position embedding, ``None`` for a model without one. ``normalize_over`` divides each spot's counts
-    by its total over the model's ``'genes'`` (the paper) or over ``'all'`` genes of ``adata``.
+    by its total over the model's ``'genes'`` (the paper) or over ``'all'`` genes of ``adata``. A library of
+    more than ``hold_patches_up_to`` spots keeps no patches: they are cut when needed
+    (:meth:`Section.patches_of`); ``None`` cuts and holds all.
     """
     coords = get_spatial(adata, spatial_key)
     libs = get_libraries(adata, library_key)
@@ -326,17 +343,23 @@ def prepare_sections(
                     " e.g. `sq.gr.spatial_neighbors_grid(adata, library_key=...)` (Visium) or `hist2st.pp.spatial_graph`."
                 )
             crop = crops[lib]
-            patches, padded = crop_patches(
-                crop.source, coords[idx], crop.side, patch_size=PATCH_SIZE, progress=progress
-            )
+            if hold_patches_up_to is not None and len(idx) > hold_patches_up_to:
+                patches, padded = None, padded_fraction(crop.source, coords[idx], crop.side)
+                progress.update(len(idx))
+            else:
+                patches, padded = crop_patches(
+                    crop.source, coords[idx], crop.side, patch_size=PATCH_SIZE, progress=progress
+                )
+                patches = torch.from_numpy(patches)
             padded_all.append(padded)
             section = Section(
                 library_id=str(lib),
                 obs_index=idx,
-                patches=torch.from_numpy(patches),
+                patches=patches,
                 positions=torch.from_numpy(positions[idx]),
                 edge_index=torch.from_numpy(to_edge_index(sub)),
                 crop=crop,
+                coords=coords[idx],
             )
             if counts_all is not None:
                 counts = counts_all[idx]

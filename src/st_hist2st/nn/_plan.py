@@ -14,12 +14,20 @@ from st_hist2st.nn._module import Architecture, Hist2STModule
 from st_hist2st.nn._training import Training
 
 
-def crop_section(batch: dict, fraction: float, generator: torch.Generator | None = None) -> dict:
-    """The spots nearest (on the grid) to a random spot of the section, ``fraction`` of them, with their subgraph."""
+def crop_section(
+    batch: dict, fraction: float | None = None, max_spots: int | None = None, generator: torch.Generator | None = None
+) -> dict:
+    """The spots nearest (on the grid) to a random spot of the section, with their subgraph.
+
+    As many as ``fraction`` of the section's spots and at most ``max_spots``; the whole section when neither
+    asks for fewer spots than it has.
+    """
     from torch_geometric.utils import subgraph
 
     n = batch["positions"].shape[0]
-    k = max(2, int(round(fraction * n)))
+    k = n if fraction is None else max(2, int(round(fraction * n)))
+    if max_spots is not None:
+        k = min(k, max_spots)
     if k >= n:
         return batch
     centre = int(torch.randint(n, (1,), generator=generator))
@@ -160,8 +168,7 @@ class Hist2STPlan(L.LightningModule):
         return out
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if self.settings.crop_fraction is not None:
-            batch = crop_section(batch, self.settings.crop_fraction)
+        batch = crop_section(batch, self.settings.crop_fraction, self.settings.max_spots)
         if self.settings.dihedral:
             batch = {**batch, "patches": random_dihedral(batch["patches"])}
         if self.settings.stain_jitter is not None:
@@ -202,7 +209,19 @@ class Hist2STPlan(L.LightningModule):
         self._step_hooks = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        pred = self.net(batch["patches"], batch["positions"], batch["edge_index"]).expression[0].float()
+        from st_hist2st._inference import predict_windows
+
+        precision = "bf16-mixed" if str(self.trainer.precision).startswith("bf16") else "32-true"
+        pred = predict_windows(
+            self.net,
+            lambda index: batch["patches"][torch.as_tensor(index, device=batch["patches"].device)],
+            batch["positions"],
+            batch["edge_index"],
+            self.device,
+            precision=precision,
+            max_spots=self.settings.max_spots,
+        )
+        pred = torch.from_numpy(pred).to(batch["targets"].device)
         r = pearson_per_gene(pred, batch["targets"])
         self._val_r.append(float(torch.nanmean(r)) if torch.isfinite(r).any() else float("nan"))
         self._val_mse.append(float(F.mse_loss(pred, batch["targets"])))

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from st_hist2st._constants import DEFAULT_MAX_SPOTS
+
 
 @dataclass(frozen=True)
 class Training:
@@ -44,7 +46,13 @@ class Training:
         Train on a random window of the section per step: the spots nearest (on the grid) to a random spot,
         this fraction of them. ``None`` trains on whole sections, as the paper.
     crops_per_section
-        Steps on each section per epoch: windows drawn with ``crop_fraction``, else the whole section again.
+        Steps on each section per epoch: windows drawn with ``crop_fraction`` or ``max_spots``, else the whole
+        section again.
+    max_spots
+        Most spots in one training step. A larger section (Visium HD bins, pooled cells) is trained on, each
+        step, the ``max_spots`` spots nearest (on the grid) to a random spot, and validated in windows as
+        :func:`~st_hist2st.tl.predict` predicts; memory then depends on ``max_spots``, not on the section.
+        ``None`` trains on whole sections, as the paper.
     dihedral
         Show the clean pass each patch rotated by a random multiple of 90 degrees and mirrored at random (a
         tissue section has no orientation): the network sees new pixels each epoch instead of memorising.
@@ -94,6 +102,7 @@ class Training:
     max_epochs: int = 350
     crop_fraction: float | None = None
     crops_per_section: int = 1
+    max_spots: int | None = DEFAULT_MAX_SPOTS
     dihedral: bool = False
     stain_jitter: float | None = None
     init_output_bias: bool = False
@@ -111,6 +120,10 @@ class Training:
             raise ValueError(f"`max_epochs` must be at least 1, got {self.max_epochs}.")
         if self.crop_fraction is not None and not 0 < self.crop_fraction <= 1:
             raise ValueError(f"`crop_fraction` must be in (0, 1], got {self.crop_fraction}.")
+        if self.max_spots is not None and (
+            isinstance(self.max_spots, bool) or not isinstance(self.max_spots, int) or self.max_spots < 2
+        ):
+            raise ValueError(f"`max_spots` must be an integer of at least 2, or None; got {self.max_spots!r}.")
         if self.crops_per_section < 1:
             raise ValueError(f"`crops_per_section` must be at least 1, got {self.crops_per_section}.")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:

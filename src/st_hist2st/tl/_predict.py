@@ -10,6 +10,7 @@ import pandas as pd
 from anndata import AnnData
 
 from st_hist2st._constants import Key
+from st_hist2st._data._windows import DEFAULT_MAX_SPOTS
 from st_hist2st._docs import inject_docs
 from st_hist2st._model import Hist2ST, resolve_model
 from st_hist2st._utils import check_adata, check_not_view, check_precision, check_var_names, get_libraries
@@ -34,6 +35,8 @@ def predict(
     device: str | None = None,
     precision: str = "32-true",
     test_time_augmentation: bool = False,
+    max_spots: int | None = DEFAULT_MAX_SPOTS,
+    window_margin: int | None = None,
     show_progress_bar: bool = True,
     key_added: str = Key.prediction,
     copy: bool = False,
@@ -82,6 +85,17 @@ def predict(
         Average the predictions over the 8 rotations by multiples of 90 degrees and mirrors of every patch (a
         tissue section has no orientation). Eight times the work; on the four held-out her2st sections it raised
         the mean Pearson r of the ``'fast'`` preset by 0.003-0.014 (see :doc:`/model`).
+    max_spots
+        Largest window of spots the network attends over at once. A section with more spots (Visium HD bins,
+        pooled cells, a tiled whole slide) is split into overlapping spatial windows: each is a compact block
+        of spots plus a margin of ``window_margin`` graph hops of neighbours, and every spot keeps the
+        prediction of the one window whose block holds it. Time and memory are then linear in the number of
+        spots. ``None`` attends over each whole section at once (memory quadratic in its spots without the
+        fused attention kernel). See :doc:`/large_sections` for the measured default and its agreement with
+        whole-section prediction.
+    window_margin
+        Graph hops of neighbours around each window's block; default the model's graph layers (``depth3``),
+        so that the graph network sees every predicted spot's whole neighbourhood.
     show_progress_bar
         %(show_progress_bar)s
     key_added
@@ -150,6 +164,8 @@ def predict(
             device=device,
             precision=precision,
             test_time_augmentation=test_time_augmentation,
+            max_spots=max_spots,
+            window_margin=window_margin,
             show_progress_bar=show_progress_bar,
         )
         pred = one if pred is None else pred + one
@@ -163,6 +179,8 @@ def predict(
         "n_models": len(models),
         "precision": precision,
         "test_time_augmentation": test_time_augmentation,
+        "max_spots": max_spots,
+        "window_margin": window_margin,
         "target": f"log10(1 + 1e4 * counts / sum(counts over {'all genes' if over == 'all' else 'the model genes'}))",
         "normalize_over": over,
         "package_version": __version__,

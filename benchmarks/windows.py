@@ -1,0 +1,88 @@
+"""Windowed against whole-section prediction on real her2st sections.
+
+Trains the ``'fast'`` preset on three shared her2st sections (or loads ``--model``), then predicts the fourth
+whole and in windows smaller than the section (``max_spots``), and prints for each window size the mean
+Pearson r over the 785 genes against the measured expression, its difference from whole-section prediction,
+and how closely the two predictions agree gene by gene.
+
+    python benchmarks/windows.py --test C4 --out /tmp/hist2st_fast_C4
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import st_hist2st as hist2st
+from st_hist2st._data._targets import expression_targets
+from st_hist2st.nn._plan import pearson_per_gene
+
+ROOT = Path(os.environ.get("HIST2ST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "her2st"))
+
+
+def mean_r(pred: np.ndarray, obs: np.ndarray) -> float:
+    import torch
+
+    return float(np.nanmean(pearson_per_gene(torch.as_tensor(pred), torch.as_tensor(obs)).numpy()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--test", default="C4", help="held-out section")
+    parser.add_argument("--model", default=None, help="a saved model to use instead of training one")
+    parser.add_argument("--out", default=None, help="save the trained model here")
+    parser.add_argument("--max-spots", type=int, nargs="*", default=[64, 128, 256])
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", ".*GPU available.*")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+    genes = (ROOT / "genes_785.txt").read_text().split()
+    adata = hist2st.datasets.her2st(ROOT)
+    train = [s for s in adata.obs["library_id"].cat.categories if s != args.test]
+    if args.model:
+        model = hist2st.Hist2ST.load(args.model)
+    else:
+        t0 = time.perf_counter()
+        model = hist2st.tl.fit(
+            adata[adata.obs["library_id"].isin(train)].copy(),
+            "fullres",
+            genes=genes,
+            crop_size=112,
+            preset="fast",
+            accelerator="cpu",
+            show_progress_bar=False,
+        )
+        print(f"trained 'fast' on {train} in {(time.perf_counter() - t0) / 60:.1f} min")
+        if args.out:
+            model.save(args.out, overwrite=True)
+    held = adata[adata.obs["library_id"] == args.test].copy()
+    observed = expression_targets(held[:, genes].X.toarray())
+    print(f"held-out {args.test}: {held.n_obs} spots, {len(genes)} genes")
+    t0 = time.perf_counter()
+    whole = model.predict(held, max_spots=None, show_progress_bar=False)
+    seconds = time.perf_counter() - t0
+    r_whole = mean_r(whole, observed)
+    print(f"{'max_spots':>10} {'windows':>8} {'mean r':>8} {'minus whole':>12} {'r(windowed, whole)':>19} {'s':>6}")
+    print(f"{'whole':>10} {1:>8} {r_whole:8.4f} {0:12.4f} {1:19.4f} {seconds:6.1f}")
+    from st_hist2st._data._section import prepare_sections
+    from st_hist2st._data._windows import plan_windows
+
+    section = prepare_sections(held, "fullres", genes=None, crop_size=112, show_progress_bar=False)[0]
+    for max_spots in args.max_spots:
+        n_windows = len(plan_windows(section.positions, section.edge_index, max_spots, model.architecture.depth3))
+        t0 = time.perf_counter()
+        windowed = model.predict(held, max_spots=max_spots, show_progress_bar=False)
+        seconds = time.perf_counter() - t0
+        r = mean_r(windowed, observed)
+        agreement = mean_r(windowed, whole)
+        print(f"{max_spots:>10} {n_windows:>8} {r:8.4f} {r - r_whole:12.4f} {agreement:19.4f} {seconds:6.1f}")
+
+
+if __name__ == "__main__":
+    main()
