@@ -1,7 +1,19 @@
 """Preprocessing: patches, spot graph and pseudo-spots from AnnData and its images."""
 
+from st_hist2st._data._slide import Slide, SlideLevel, read_slide
 from st_hist2st.pp._graph import spatial_graph
 from st_hist2st.pp._patches import extract_patches
-from st_hist2st.pp._tile import tile
+from st_hist2st.pp._pool import pool, unpool
+from st_hist2st.pp._tile import tile, tissue_mask
 
-__all__ = ["extract_patches", "spatial_graph", "tile"]
+__all__ = [
+    "Slide",
+    "SlideLevel",
+    "extract_patches",
+    "pool",
+    "read_slide",
+    "spatial_graph",
+    "tile",
+    "tissue_mask",
+    "unpool",
+]

@@ -13,24 +13,66 @@ from st_hist2st._data._scale import MICRONS_KEY, PSEUDO_SPOTS_KEY
 
 logger = logging.getLogger(__name__)
 
-_MASK_SIDE = 1024
+
+_MASK_SIDE = 2048
 
 
-def otsu_threshold(values: np.ndarray) -> float:
-    """Otsu's threshold of uint8 values."""
-    hist = np.bincount(values.ravel(), minlength=256).astype(np.float64)
-    weight = np.cumsum(hist)
-    mean = np.cumsum(hist * np.arange(256))
-    total, total_mean = weight[-1], mean[-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (total_mean * weight - mean * total) ** 2 / (weight * (total - weight))
-    return float(np.nanargmax(between[:-1]))
+def tissue_mask(image: np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, float]:
+    """Tissue pixels of a small RGB image: darker than Otsu's threshold of the grey levels, then cleaned.
+
+    scikit-image's Otsu threshold separates glass (bright) from stained tissue; a morphological closing joins
+    tissue broken by pale stroma, and specks and holes smaller than 0.1 % of the image are dropped.
+    """
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import closing, disk, remove_small_holes, remove_small_objects
+
+    rgb = as_rgb_uint8(np.asarray(image), name="`image`")
+    grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if threshold is None:
+        threshold = float(threshold_otsu(grey)) if np.ptp(grey) > 0 else float(grey.max())
+    tissue = grey <= threshold
+    small = max(4, int(1e-3 * tissue.size))
+    tissue = closing(tissue, disk(2))
+    tissue = remove_small_objects(tissue, max_size=small)
+    tissue = remove_small_holes(tissue, max_size=small)
+    return tissue, float(threshold)
+
+
+def _box_fraction(mask: np.ndarray, cx: np.ndarray, cy: np.ndarray, half: float) -> np.ndarray:
+    """Fraction of ``mask`` inside the square of half-side ``half`` (mask pixels) around each centre."""
+    integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    h, w = mask.shape
+    y0 = np.clip(np.floor(cy - half).astype(np.int64), 0, h)
+    y1 = np.clip(np.floor(cy + half).astype(np.int64) + 1, 0, h)
+    x0 = np.clip(np.floor(cx - half).astype(np.int64), 0, w)
+    x1 = np.clip(np.floor(cx + half).astype(np.int64) + 1, 0, w)
+    total = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    area = (y1 - y0) * (x1 - x0)
+    return np.where(area > 0, total / np.maximum(area, 1), 0.0)
+
+
+def _grid(width: float, height: float, step: float, layout: str) -> np.ndarray:
+    """``(n, 4)`` rows: array_row, array_col, x, y of a grid over the image, centred on it."""
+    if layout == "visium":
+        dy = step * np.sqrt(3) / 2
+        r, c = np.meshgrid(np.arange(int(height // dy) + 1), np.arange(int(width // step) + 1), indexing="ij")
+        r, c = r.ravel(), c.ravel()
+        grid = np.stack([r, 2 * c + (r % 2), (c + (r % 2) / 2) * step, r * dy], axis=1).astype(np.float64)
+    else:
+        r, c = np.meshgrid(np.arange(int(height // step) + 1), np.arange(int(width // step) + 1), indexing="ij")
+        r, c = r.ravel(), c.ravel()
+        grid = np.stack([r, c, c * step, r * step], axis=1).astype(np.float64)
+    grid[:, 2] += (width - grid[:, 2].max()) / 2
+    grid[:, 3] += (height - grid[:, 3].max()) / 2
+    return grid
 
 
 def tile(
     image: Any,
     *,
-    spot_step: float,
+    spot_step: float | None = None,
+    spot_microns: float | None = None,
+    model: Any = None,
     scale: float = 1.0,
     image_key: str = "hires",
     library_id: str = "slide",
@@ -39,21 +81,32 @@ def tile(
     min_tissue: float = 0.5,
     tissue_threshold: float | None = None,
     microns_per_pixel: float | None = None,
+    level: int | None = None,
 ) -> AnnData:
     """Pseudo-spots on a regular grid over the tissue of an H&E image, to predict on a slide never sequenced.
 
-    The tissue is found as the pixels no brighter than Otsu's threshold of the greyscale image (white glass is
-    background). A grid point becomes a spot when at least ``min_tissue`` of the square of side
+    The tissue is found on a thumbnail of at most 2,048 pixels a side (:func:`tissue_mask`: scikit-image's
+    Otsu threshold and morphology), so a whole-slide image (:func:`~st_hist2st.pp.read_slide`) is read only at
+    a coarse level here. A grid point becomes a spot when at least ``min_tissue`` of the square of side
     ``spot_diameter`` around it is tissue.
 
     Parameters
     ----------
     image
-        ``(height, width, 3)`` H&E image (numpy, dask or any array that can be sliced).
+        ``(height, width, 3)`` H&E image (numpy, dask or any array that can be sliced), or a
+        :class:`~st_hist2st.pp.Slide`.
     spot_step
-        Distance between neighbouring pseudo-spots, in full-resolution pixels (e.g. the ST array pitch, 200 um).
+        Distance between neighbouring pseudo-spots, in full-resolution pixels (e.g. the ST array pitch).
+    spot_microns
+        The same in micrometres (needs the slide's ``microns_per_pixel``). Default, with ``model``, the
+        model's crop side in micrometres: pseudo-spots whose patches tile the tissue.
+    model
+        A trained :class:`~st_hist2st.Hist2ST` (or its folder) to tile for: its crop side gives the default
+        spot diameter and step, and on a :class:`~st_hist2st.pp.Slide` its training resolution picks the
+        pyramid level stored for prediction.
     scale
-        Image pixels per full-resolution pixel (``tissue_{image_key}_scalef``); 1 when the image is full resolution.
+        Image pixels per full-resolution pixel (``tissue_{image_key}_scalef``) of an array; 1 when the image
+        is full resolution. A :class:`~st_hist2st.pp.Slide` sets it from the level.
     image_key
         Key under which the image is stored.
     library_id
@@ -62,63 +115,82 @@ def tile(
         ``'st'`` (square grid) or ``'visium'`` (hexagonal grid, ``array_row + array_col`` even).
     spot_diameter
         Side of the patch around each spot in full-resolution pixels (stored as ``spot_diameter_fullres``);
-        default half of ``spot_step``.
+        default the model's crop side with ``model``, else half of ``spot_step``.
     min_tissue
         Fraction of tissue a spot needs.
     tissue_threshold
         Greyscale value up to which a pixel is tissue; default Otsu's threshold.
     microns_per_pixel
-        Micrometres per full-resolution pixel of the slide, when known: :func:`~st_hist2st.tl.predict` then
-        cuts the physical crop size the model was trained with. Pseudo-spots have no platform spot diameter to
-        infer it from.
+        Micrometres per full-resolution pixel of the slide; default a :class:`~st_hist2st.pp.Slide`'s own.
+        :func:`~st_hist2st.tl.predict` then cuts the physical crop size the model was trained with.
+    level
+        Pyramid level of a :class:`~st_hist2st.pp.Slide` to store for prediction; default the level nearest
+        the model's training resolution without being coarser (:meth:`~st_hist2st.pp.Slide.level_for`), or
+        full resolution without a model.
 
     Returns
     -------
     AnnData with no genes, ``obs['library_id']``, ``obs['array_row']``/``['array_col']``, ``obsm['spatial']`` in
-    full-resolution pixels and ``uns['spatial'][library_id]`` with the image and its scale factors: ready for
-    :func:`st_hist2st.tl.predict`.
+    full-resolution pixels, ``obsm['tissue_fraction']`` and ``uns['spatial'][library_id]`` with the image (a
+    slide's level, still unread) and its scale factors: ready for :func:`st_hist2st.tl.predict`.
     """
+    from st_hist2st._data._slide import Slide
+    from st_hist2st._model import resolve_model
+
     if layout not in ("st", "visium"):
         raise ValueError(f"`layout` must be 'st' or 'visium', got {layout!r}.")
-    if spot_step <= 0 or scale <= 0:
-        raise ValueError("`spot_step` and `scale` must be positive.")
     if not 0 <= min_tissue <= 1:
         raise ValueError(f"`min_tissue` must be in [0, 1], got {min_tissue}.")
-    height, width = int(image.shape[0]), int(image.shape[1])
-    spot_diameter = spot_step / 2 if spot_diameter is None else float(spot_diameter)
-    stride = max(1, int(np.ceil(max(height, width) / _MASK_SIDE)))
-    small = as_rgb_uint8(np.asarray(image[::stride, ::stride]), name="`image`")
-    grey = (small.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)).astype(np.uint8)
-    threshold = otsu_threshold(grey) if tissue_threshold is None else float(tissue_threshold)
-    tissue = grey <= threshold
-    full_w, full_h = width / scale, height / scale
-    if layout == "visium":
-        dy = spot_step * np.sqrt(3) / 2
-        rows = np.arange(int(full_h // dy) + 1)
-        points = [
-            (r, 2 * c + (r % 2), (c + (r % 2) / 2) * spot_step, r * dy)
-            for r in rows
-            for c in range(int(full_w // spot_step) + 1)
-        ]
+    if not scale > 0:
+        raise ValueError(f"`scale` must be positive, got {scale}.")
+    is_slide = isinstance(image, Slide)
+    if is_slide and scale != 1.0:
+        raise ValueError("`scale` is for arrays; a Slide's levels carry their own scale (pass `level=`).")
+    mpp = microns_per_pixel if microns_per_pixel is not None else (image.microns_per_pixel if is_slide else None)
+    if mpp is not None and not float(mpp) > 0:
+        raise ValueError(f"`microns_per_pixel` must be positive, got {mpp}.")
+    crop_microns = patch_microns = None
+    if model is not None:
+        model = resolve_model(model)
+        crop_microns = model.preprocessing.get("crop_microns")
+        patch_microns = model.preprocessing.get("patch_microns_per_pixel")
+    if spot_step is None:
+        microns = spot_microns if spot_microns is not None else crop_microns
+        if microns is None:
+            raise ValueError(
+                "Pass `spot_step=` (pixels) or `spot_microns=` (micrometres), or a `model=` that records its crop "
+                "in micrometres."
+            )
+        if mpp is None:
+            raise ValueError(
+                f"Spots of {microns:g} um need the slide's scale: pass `microns_per_pixel=` (micrometres per "
+                "full-resolution pixel), or `spot_step=` in pixels."
+            )
+        spot_step = float(microns) / float(mpp)
+    if not spot_step > 0:
+        raise ValueError(f"`spot_step` must be positive, got {spot_step}.")
+    if spot_diameter is None:
+        spot_diameter = crop_microns / float(mpp) if (crop_microns and mpp) else spot_step / 2
+    spot_diameter = float(spot_diameter)
+
+    if is_slide:
+        height, width = image.shape[:2]
+        thumbnail, per_mask_pixel = image.thumbnail(_MASK_SIDE)
+        if level is None:
+            level = image.level_for(patch_microns) if (patch_microns and image.microns_per_pixel) else 0
+        if not 0 <= level < len(image.levels):
+            raise ValueError(f"`level={level}`: the slide has levels 0 to {len(image.levels) - 1}.")
+        stored, scale = image.level(level), 1.0 / image.downsamples[level]
     else:
-        points = [
-            (r, c, c * spot_step, r * spot_step)
-            for r in range(int(full_h // spot_step) + 1)
-            for c in range(int(full_w // spot_step) + 1)
-        ]
-    grid = np.array(points, dtype=np.float64)
-    offset_x = (full_w - grid[:, 2].max()) / 2
-    offset_y = (full_h - grid[:, 3].max()) / 2
-    xy = grid[:, 2:] + [offset_x, offset_y]
-    half = spot_diameter * scale / 2 / stride
-    cx, cy = xy[:, 0] * scale / stride, xy[:, 1] * scale / stride
-    frac = np.array(
-        [
-            tissue[max(0, int(y - half)) : int(y + half) + 1, max(0, int(x - half)) : int(x + half) + 1].mean()
-            if tissue[max(0, int(y - half)) : int(y + half) + 1, max(0, int(x - half)) : int(x + half) + 1].size
-            else 0.0
-            for x, y in zip(cx, cy, strict=True)
-        ]
+        height, width = image.shape[0] / scale, image.shape[1] / scale
+        stride = max(1, int(np.ceil(max(image.shape[0], image.shape[1]) / _MASK_SIDE)))
+        thumbnail, per_mask_pixel = np.asarray(image[::stride, ::stride]), stride / scale
+        stored = image
+    tissue, threshold = tissue_mask(thumbnail, tissue_threshold)
+    grid = _grid(float(width), float(height), spot_step, layout)
+    xy = grid[:, 2:]
+    frac = _box_fraction(
+        tissue, xy[:, 0] / per_mask_pixel, xy[:, 1] / per_mask_pixel, spot_diameter / 2 / per_mask_pixel
     )
     keep = frac >= min_tissue
     if not keep.any():
@@ -134,16 +206,16 @@ def tile(
     adata = AnnData(obs=obs)
     adata.obsm[Key.spatial] = xy[keep]
     adata.obsm["tissue_fraction"] = frac[keep][:, None]
+    metadata = {"source": "st_hist2st.pp.tile", "tissue_threshold": threshold, PSEUDO_SPOTS_KEY: True}
+    if mpp:
+        metadata[MICRONS_KEY] = float(mpp)
+    if is_slide:
+        metadata.update({"slide": str(image.path), "level": int(level)})
     adata.uns[Key.spatial] = {
         library_id: {
-            Key.images: {image_key: image},
+            Key.images: {image_key: stored},
             Key.scalefactors: {f"tissue_{image_key}_scalef": float(scale), "spot_diameter_fullres": spot_diameter},
-            "metadata": {
-                "source": "st_hist2st.pp.tile",
-                "tissue_threshold": threshold,
-                PSEUDO_SPOTS_KEY: True,
-                **({MICRONS_KEY: float(microns_per_pixel)} if microns_per_pixel else {}),
-            },
+            "metadata": metadata,
         }
     }
     logger.info("tiled %d pseudo-spots over the tissue (of %d grid points)", int(keep.sum()), len(keep))
