@@ -105,12 +105,16 @@ def test_read_slide_errors(tmp_path):
         hist2st.pp.read_slide(tmp_path / "x.mrxs")
 
 
-def test_tissue_mask_drops_specks_and_fills_holes():
+@pytest.mark.parametrize("colour", [True, False])
+def test_tissue_mask_finds_pale_stroma_drops_specks_and_fills_holes(colour):
     image = np.full((200, 200, 3), 240, dtype=np.uint8)
-    image[50:150, 50:150] = 120  # tissue
-    image[95:100, 95:100] = 240  # a small hole in it
-    image[10:12, 10:12] = 120  # a speck of dust
-    mask, threshold = hist2st.pp.tissue_mask(image)
-    assert 120 <= threshold < 240
+    dense, pale = np.array([150, 70, 160.0]), np.array([232, 192, 218.0])  # pale: nearly as bright as the glass
+    if not colour:
+        dense, pale = np.full(3, 110.0), np.full(3, 160.0)
+    fade = np.linspace(0, 1, 100)[None, :, None]
+    image[50:150, 50:150] = (dense * (1 - fade) + pale * fade).astype(np.uint8)
+    image[95:100, 95:100] = 240  # a small hole in the tissue
+    image[10:12, 10:12] = dense  # a speck of dust
+    mask, _ = hist2st.pp.tissue_mask(image)
     assert mask[50:150, 50:150].all()
-    assert not mask[:40, :40].any()
+    assert not mask[:40, :40].any() and not mask[160:, 160:].any()

@@ -115,6 +115,33 @@ def test_without_attention_windows_reproduce_the_whole_section_exactly():
     assert np.abs(short - whole).max() > 1e-3
 
 
+def test_windows_attending_to_every_other_spot_reproduce_whole_section_attention():
+    """Context spots stand for the spots outside a window; when they are all of them, attention is exact."""
+    positions, edge_index, patches = hex_section(20, 12)
+    module = tiny_module(depth2=2, depth3=2)
+    with torch.inference_mode():
+        whole = module(patches, positions, edge_index).expression[0].numpy()
+    get = lambda i: patches[torch.as_tensor(i)]  # noqa: E731
+    cpu = torch.device("cpu")
+    n = len(positions)
+    everything = predict_windows(module, get, positions, edge_index, cpu, max_spots=80, window_context=n)
+    np.testing.assert_allclose(everything, whole, rtol=0, atol=2e-5)
+    alone = predict_windows(module, get, positions, edge_index, cpu, max_spots=80, window_context=0)
+    sampled = predict_windows(module, get, positions, edge_index, cpu, max_spots=80, window_context=60)
+    assert np.abs(alone - whole).max() > 1e-3  # windows alone see less than the section
+    assert np.abs(sampled - whole).mean() < np.abs(alone - whole).mean()
+
+
+def test_window_sequence_weights_each_context_spot_as_its_share_of_the_outside():
+    from st_hist2st._inference import window_sequence
+
+    members = np.array([0, 1, 2, 3])
+    sequence, bias = window_sequence(members, np.array([2, 5, 8]), n_spots=10)
+    np.testing.assert_array_equal(sequence, [0, 1, 2, 3, 5, 8])
+    np.testing.assert_allclose(np.exp(bias), [1, 1, 1, 1, 3, 3])  # 6 spots outside, 2 drawn
+    assert window_sequence(members, np.array([1, 3]), 10)[1] is None
+
+
 def test_predict_in_windows_on_anndata(trained, adata, caplog):
     n = adata.n_obs // 2  # spots per library
     whole = hist2st.tl.predict(adata, trained, copy=True, max_spots=None, show_progress_bar=False)
@@ -124,9 +151,11 @@ def test_predict_in_windows_on_anndata(trained, adata, caplog):
         small = hist2st.tl.predict(adata, trained, copy=True, max_spots=24, show_progress_bar=False)
     assert "predicted in windows of at most 24 spots" in caplog.text
     assert small.uns["hist2st"]["max_spots"] == 24
-    assert np.isfinite(small.layers["hist2st"]).all()
-    r = [np.corrcoef(a, b)[0, 1] for a, b in zip(small.layers["hist2st"].T, whole.layers["hist2st"].T, strict=True)]
-    assert np.mean(r) > 0.9  # windows of 24 of 64 spots: the Transformer sees a part of the section
+    # the default context (256 spots) holds all 64 spots of a library: attention over the whole section
+    np.testing.assert_allclose(small.layers["hist2st"], whole.layers["hist2st"], rtol=0, atol=2e-5)
+    alone = hist2st.tl.predict(adata, trained, copy=True, max_spots=24, window_context=0, show_progress_bar=False)
+    assert np.isfinite(alone.layers["hist2st"]).all()
+    assert not np.allclose(alone.layers["hist2st"], whole.layers["hist2st"], rtol=0, atol=1e-4)
 
 
 def test_patches_cut_as_needed_give_the_held_patches_predictions(trained, adata, monkeypatch):
@@ -142,6 +171,8 @@ def test_patches_cut_as_needed_give_the_held_patches_predictions(trained, adata,
 def test_max_spots_is_checked_first(trained, adata, bad):
     with pytest.raises(ValueError, match="`max_spots` must be an integer"):
         hist2st.tl.predict(adata, trained, copy=True, max_spots=bad, show_progress_bar=False)
+    with pytest.raises(ValueError, match="`window_context` must be"):
+        hist2st.tl.predict(adata, trained, copy=True, window_context=-1, show_progress_bar=False)
 
 
 def test_training_on_a_section_above_max_spots_steps_on_windows(adata, tiny, caplog, monkeypatch):

@@ -31,4 +31,4 @@ MOSTLY_PADDED: Final = 0.5
 DATA_ENV: Final = "HIST2ST_DATA"
 #: Spots per window of prediction, and most spots per training step; chosen by measurement (see the
 #: documentation page on large sections).
-DEFAULT_MAX_SPOTS: Final = 4096
+DEFAULT_MAX_SPOTS: Final = 1024

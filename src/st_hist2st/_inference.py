@@ -26,6 +26,8 @@ from st_hist2st.nn._module import Hist2STModule, section_channel_statistics
 STATISTICS_SPOTS = 8192
 #: Largest section whose patches are cut once and held (0.6 GB); a larger one has them cut as each is needed.
 HOLD_PATCHES_UP_TO = 16384
+#: Spots of the section every window also attends to, standing for the spots outside it.
+DEFAULT_WINDOW_CONTEXT = 256
 
 
 def statistics_sample(n_spots: int) -> np.ndarray:
@@ -64,6 +66,30 @@ def expanded(channel: tuple[torch.Tensor, torch.Tensor] | None, n: int) -> tuple
     return channel[0].expand(n, -1, -1, -1), channel[1].expand(n, -1, -1, -1)
 
 
+def context_sample(n_spots: int, size: int) -> np.ndarray:
+    """The spots every window's Transformer also attends to: a fixed random sample of ``size``."""
+    if size <= 0:
+        return np.empty(0, dtype=np.int64)
+    if n_spots <= size:
+        return np.arange(n_spots)
+    return np.sort(np.random.default_rng(1).choice(n_spots, size, replace=False))
+
+
+def window_sequence(members: np.ndarray, context: np.ndarray, n_spots: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The spots a window's Transformer attends over, and the bias on their attention scores.
+
+    The window's own spots, then the context spots outside it, each weighted (a score bias of ``log(w)``) as
+    the ``w`` spots outside the window it stands for. Attention over this sequence estimates attention over
+    the whole section: a softmax's sum over the keys outside the window is estimated from the sample.
+    """
+    outside = np.setdiff1d(context, members, assume_unique=True)
+    if outside.size == 0:
+        return members, None
+    bias = np.zeros(len(members) + len(outside), dtype=np.float32)
+    bias[len(members) :] = np.log((n_spots - len(members)) / len(outside))
+    return np.concatenate([members, outside]), bias
+
+
 def predict_windows(
     module: Hist2STModule,
     patches_of: Callable[[np.ndarray], torch.Tensor],
@@ -75,6 +101,7 @@ def predict_windows(
     test_time_augmentation: bool = False,
     max_spots: int | None = DEFAULT_MAX_SPOTS,
     margin: int | None = None,
+    window_context: int = DEFAULT_WINDOW_CONTEXT,
     progress: tqdm | None = None,
 ) -> np.ndarray:
     """``(n_spots, n_genes)`` predictions of ``module`` (in eval mode, on ``device``) for one section.
@@ -93,6 +120,10 @@ def predict_windows(
         Largest window, margin included; ``None`` runs the whole section at once.
     margin
         Graph hops of neighbours around each window's core; default the graph network's layers.
+    window_context
+        Spots drawn across the section (a fixed random sample) that each window's Transformer also attends to,
+        each standing for its share of the spots outside the window (:func:`window_sequence`); they are not
+        predicted there. ``0``: each window attends to itself alone.
     progress
         A progress bar to advance by each spot encoded.
     """
@@ -102,6 +133,7 @@ def predict_windows(
     # encoded window by window, so that the patches cut together lie together on the slide
     order = np.concatenate([w.members[w.core] for w in windows])
     sample = statistics_sample(n)
+    context = context_sample(n, window_context) if len(windows) > 1 else np.empty(0, dtype=np.int64)
     positions, edge_index = positions.to(device), edge_index.to(device)
     views = range(8) if test_time_augmentation else range(1)
     total = np.zeros((n, module.arch.n_genes), dtype=np.float32)
@@ -124,8 +156,11 @@ def predict_windows(
             if module.x_embed is not None:
                 tokens = tokens + module.x_embed(positions[:, 0]) + module.y_embed(positions[:, 1])
             for window in windows:
-                members = torch.as_tensor(window.members, device=device)
-                h = module.transformer(tokens[members].unsqueeze(0))
+                sequence, bias = window_sequence(window.members, context, n)
+                h = module.transformer(
+                    tokens[torch.as_tensor(sequence, device=device)].unsqueeze(0),
+                    None if bias is None else torch.as_tensor(bias, device=device),
+                )[:, : window.n_spots]
                 h = module.gnn(h, window_edges(edge_index, window.members, n))
                 core = torch.as_tensor(window.core, device=device)
                 total[window.members[window.core]] += module.gene_head(h[0, core]).float().cpu().numpy()
@@ -140,6 +175,7 @@ def predict_section(
     test_time_augmentation: bool = False,
     max_spots: int | None = DEFAULT_MAX_SPOTS,
     margin: int | None = None,
+    window_context: int = DEFAULT_WINDOW_CONTEXT,
     progress: tqdm | None = None,
 ) -> np.ndarray:
     """``(n_spots, n_genes)`` predictions of ``module`` (in eval mode, on ``device``) for one prepared section.
@@ -156,5 +192,6 @@ def predict_section(
         test_time_augmentation=test_time_augmentation,
         max_spots=max_spots,
         margin=margin,
+        window_context=window_context,
         progress=progress,
     )

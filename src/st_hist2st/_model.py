@@ -22,7 +22,7 @@ from st_hist2st._data._dataset import EpochShuffle, SectionDataset, identity_col
 from st_hist2st._data._scale import physical_record, warn_coarser_images
 from st_hist2st._data._section import Section, prepare_sections
 from st_hist2st._data._windows import DEFAULT_MAX_SPOTS, check_max_spots
-from st_hist2st._inference import HOLD_PATCHES_UP_TO, predict_section
+from st_hist2st._inference import DEFAULT_WINDOW_CONTEXT, HOLD_PATCHES_UP_TO, predict_section
 from st_hist2st._persistence import (
     CARD_FILE,
     CONFIG_FILE,
@@ -325,6 +325,7 @@ class Hist2ST:
         test_time_augmentation: bool = False,
         max_spots: int | None = DEFAULT_MAX_SPOTS,
         window_margin: int | None = None,
+        window_context: int = DEFAULT_WINDOW_CONTEXT,
         show_progress_bar: bool = True,
     ) -> np.ndarray:
         """Predicted transformed expression, ``(n_obs, n_genes)`` float32 in the order of ``genes``.
@@ -335,6 +336,8 @@ class Hist2ST:
         check_adata(adata)
         precision = check_precision(precision, predict=True)
         max_spots = check_max_spots(max_spots)
+        if isinstance(window_context, bool) or not isinstance(window_context, int) or window_context < 0:
+            raise ValueError(f"`window_context` must be a non-negative number of spots, got {window_context!r}.")
         if window_margin is not None and (
             isinstance(window_margin, bool) or int(window_margin) != window_margin or window_margin < 0
         ):
@@ -384,7 +387,14 @@ class Hist2ST:
             ):
                 for section in sections:
                     out[section.obs_index] = self.predict_section(
-                        section, device, precision, test_time_augmentation, max_spots, window_margin, progress
+                        section,
+                        device,
+                        precision,
+                        test_time_augmentation,
+                        max_spots,
+                        window_margin,
+                        window_context,
+                        progress,
                     )
         finally:
             self.module.train(was_training).cpu()
@@ -398,6 +408,7 @@ class Hist2ST:
         test_time_augmentation: bool = False,
         max_spots: int | None = DEFAULT_MAX_SPOTS,
         window_margin: int | None = None,
+        window_context: int = DEFAULT_WINDOW_CONTEXT,
         progress: tqdm | None = None,
     ) -> np.ndarray:
         """Predicted expression of one prepared section, averaged over the 8 views with ``test_time_augmentation``.
@@ -412,6 +423,7 @@ class Hist2ST:
             test_time_augmentation,
             max_spots=check_max_spots(max_spots),
             margin=window_margin,
+            window_context=window_context,
             progress=progress,
         )
 

@@ -15,6 +15,9 @@ class Attention(nn.Module):
     :func:`torch.nn.functional.scaled_dot_product_attention`, so no ``N x N`` matrix is kept where a fused kernel
     exists; with that dropout, the weights are computed explicitly.
 
+    ``key_bias`` ``(N,)`` is added to every query's score of each key: ``log(w)`` makes a key count as ``w``
+    keys alike (a sampled token standing for ``w`` spots).
+
     Shapes
     ------
     input ``(B, N, dim)``, output ``(B, N, dim)``.
@@ -38,23 +41,30 @@ class Attention(nn.Module):
         self.to_qkv.reset_parameters()
         self.to_out[0].reset_parameters()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        bias = None if key_bias is None else key_bias.to(q.dtype).view(1, 1, 1, n)
         if self.training and self.dropout > 0:
             # dropout on the attention weights needs them in memory anyway: compute them explicitly
             if self.gradient_checkpointing and torch.is_grad_enabled() and b > 1:
                 parts = zip(q.split(1), k.split(1), v.split(1), strict=True)
-                out = torch.cat([checkpoint(self._dropped_attention, *part, use_reentrant=False) for part in parts])
+                out = torch.cat(
+                    [checkpoint(self._dropped_attention, *part, bias, use_reentrant=False) for part in parts]
+                )
             else:
-                out = self._dropped_attention(q, k, v)
+                out = self._dropped_attention(q, k, v, bias)
         else:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
 
-    def _dropped_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        weights = dropout(torch.softmax((q * self.dim_head**-0.5) @ k.transpose(-2, -1), dim=-1), self.dropout)
-        return weights @ v
+    def _dropped_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        scores = (q * self.dim_head**-0.5) @ k.transpose(-2, -1)
+        if bias is not None:
+            scores = scores + bias
+        return dropout(torch.softmax(scores, dim=-1), self.dropout) @ v
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.dim}, heads={self.heads}, dim_head={self.dim_head})"
@@ -91,8 +101,8 @@ class TransformerBlock(nn.Module):
         for module in (self.attn_norm, self.attn, self.ff_norm, self.ff[0], self.ff[3]):
             module.reset_parameters()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x))
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), key_bias)
         return x + self.ff(self.ff_norm(x))
 
 
@@ -136,10 +146,11 @@ class Transformer(nn.Module):
         for block in self.blocks:
             block.reset_parameters()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``key_bias`` ``(N,)``: added to every score of each key (see :class:`Attention`)."""
         recompute = self.gradient_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+            x = checkpoint(block, x, key_bias, use_reentrant=False) if recompute else block(x, key_bias)
         return x
 
     def __repr__(self) -> str:

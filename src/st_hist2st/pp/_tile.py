@@ -18,19 +18,28 @@ _MASK_SIDE = 2048
 
 
 def tissue_mask(image: np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, float]:
-    """Tissue pixels of a small RGB image: darker than Otsu's threshold of the grey levels, then cleaned.
+    """Tissue pixels of a small RGB image, and the threshold that separated them from the glass.
 
-    scikit-image's Otsu threshold separates glass (bright) from stained tissue; a morphological closing joins
-    tissue broken by pale stroma, and specks and holes smaller than 0.1 % of the image are dropped.
+    Stained tissue is coloured and glass is white or grey, so the tissue is the pixels whose colour saturation
+    is above scikit-image's Otsu threshold of the saturations (pale stroma included, which a threshold on
+    brightness misses); a grey image, or a given ``threshold`` (a greyscale value), takes the pixels darker
+    than it instead. A morphological closing then joins tissue broken by pale areas, and specks and holes
+    smaller than 0.1 % of the image are dropped.
     """
     from skimage.filters import threshold_otsu
     from skimage.morphology import closing, disk, remove_small_holes, remove_small_objects
 
-    rgb = as_rgb_uint8(np.asarray(image), name="`image`")
-    grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    if threshold is None:
-        threshold = float(threshold_otsu(grey)) if np.ptp(grey) > 0 else float(grey.max())
-    tissue = grey <= threshold
+    rgb = as_rgb_uint8(np.asarray(image), name="`image`").astype(np.float32)
+    brightest, darkest = rgb.max(-1), rgb.min(-1)
+    saturation = (brightest - darkest) / np.maximum(brightest, 1.0)
+    if threshold is None and np.ptp(saturation) > 0.05:
+        threshold = float(threshold_otsu(saturation))
+        tissue = saturation > threshold
+    else:
+        grey = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        if threshold is None:
+            threshold = float(threshold_otsu(grey)) if np.ptp(grey) > 0 else float(grey.max())
+        tissue = grey <= threshold
     small = max(4, int(1e-3 * tissue.size))
     tissue = closing(tissue, disk(2))
     tissue = remove_small_objects(tissue, max_size=small)
@@ -86,7 +95,7 @@ def tile(
     """Pseudo-spots on a regular grid over the tissue of an H&E image, to predict on a slide never sequenced.
 
     The tissue is found on a thumbnail of at most 2,048 pixels a side (:func:`tissue_mask`: scikit-image's
-    Otsu threshold and morphology), so a whole-slide image (:func:`~st_hist2st.pp.read_slide`) is read only at
+    Otsu threshold of the colour saturation, and morphology), so a whole-slide image (:func:`~st_hist2st.pp.read_slide`) is read only at
     a coarse level here. A grid point becomes a spot when at least ``min_tissue`` of the square of side
     ``spot_diameter`` around it is tissue.
 
@@ -119,7 +128,8 @@ def tile(
     min_tissue
         Fraction of tissue a spot needs.
     tissue_threshold
-        Greyscale value up to which a pixel is tissue; default Otsu's threshold.
+        Greyscale value up to which a pixel is tissue; default Otsu's threshold of the colour saturation
+        (:func:`tissue_mask`).
     microns_per_pixel
         Micrometres per full-resolution pixel of the slide; default a :class:`~st_hist2st.pp.Slide`'s own.
         :func:`~st_hist2st.tl.predict` then cuts the physical crop size the model was trained with.
@@ -195,8 +205,8 @@ def tile(
     keep = frac >= min_tissue
     if not keep.any():
         raise ValueError(
-            "No pseudo-spot covers enough tissue; lower `min_tissue` or set `tissue_threshold` "
-            f"(Otsu's threshold here: {threshold:.0f})."
+            "No pseudo-spot covers enough tissue; lower `min_tissue` or set `tissue_threshold` (a greyscale value; "
+            f"the threshold found here: {threshold:.3g})."
         )
     rows, cols = grid[keep, 0].astype(int), grid[keep, 1].astype(int)
     obs = pd.DataFrame(

@@ -12,6 +12,7 @@ from anndata import AnnData
 from st_hist2st._constants import Key
 from st_hist2st._data._windows import DEFAULT_MAX_SPOTS
 from st_hist2st._docs import inject_docs
+from st_hist2st._inference import DEFAULT_WINDOW_CONTEXT
 from st_hist2st._model import Hist2ST, resolve_model
 from st_hist2st._utils import check_adata, check_not_view, check_precision, check_var_names, get_libraries
 
@@ -37,6 +38,7 @@ def predict(
     test_time_augmentation: bool = False,
     max_spots: int | None = DEFAULT_MAX_SPOTS,
     window_margin: int | None = None,
+    window_context: int = DEFAULT_WINDOW_CONTEXT,
     show_progress_bar: bool = True,
     key_added: str = Key.prediction,
     copy: bool = False,
@@ -96,6 +98,11 @@ def predict(
     window_margin
         Graph hops of neighbours around each window's block; default the model's graph layers (``depth3``),
         so that the graph network sees every predicted spot's whole neighbourhood.
+    window_context
+        Spots drawn at random across the section that every window's Transformer also attends to, each
+        weighted as the share of the spots outside the window it stands for, so that attention within a
+        window estimates attention over the whole section; they are not predicted there. ``0``: each window
+        attends to itself alone.
     show_progress_bar
         %(show_progress_bar)s
     key_added
@@ -166,6 +173,7 @@ def predict(
             test_time_augmentation=test_time_augmentation,
             max_spots=max_spots,
             window_margin=window_margin,
+            window_context=window_context,
             show_progress_bar=show_progress_bar,
         )
         pred = one if pred is None else pred + one
@@ -181,6 +189,7 @@ def predict(
         "test_time_augmentation": test_time_augmentation,
         "max_spots": max_spots,
         "window_margin": window_margin,
+        "window_context": window_context,
         "target": f"log10(1 + 1e4 * counts / sum(counts over {'all genes' if over == 'all' else 'the model genes'}))",
         "normalize_over": over,
         "package_version": __version__,
