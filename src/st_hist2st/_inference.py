@@ -18,12 +18,17 @@ from tqdm.auto import tqdm
 from st_hist2st._data._section import Section
 from st_hist2st._data._windows import DEFAULT_MAX_SPOTS, plan_windows, window_edges
 from st_hist2st.nn._augment import dihedral
-from st_hist2st.nn._convmixer import release_section_statistics, section_statistics_over_chunks
+from st_hist2st.nn._convmixer import (
+    release_section_statistics,
+    section_statistics_in_one_pass,
+    section_statistics_over_chunks,
+)
 from st_hist2st.nn._module import Hist2STModule, section_channel_statistics
 
 #: Spots whose patches give a section's colour and BatchNorm statistics: all of them up to this many, else a
-#: fixed random sample of this many (the standard error of a mean is then under 1 % of a standard deviation).
-STATISTICS_SPOTS = 8192
+#: fixed random sample of this many (each statistic then averages over millions of pixels or feature-map
+#: positions). As many as the encoder takes at once, so that one pass collects them.
+STATISTICS_SPOTS = 4096
 #: Largest section whose patches are cut once and held (0.6 GB); a larger one has them cut as each is needed.
 HOLD_PATCHES_UP_TO = 16384
 #: Spots of the section every window also attends to, standing for the spots outside it.
@@ -52,7 +57,10 @@ def section_statistics(
         channel = (mean[0], std[0])
     if module.arch.section_batchnorm:
         chunks = [(part, expanded(channel, len(part)), None) for part in sample.split(module.encoder_chunk)]
-        section_statistics_over_chunks(module.encoder, module._encode_chunk, chunks)
+        if len(chunks) == 1:
+            section_statistics_in_one_pass(module.encoder, module._encode_chunk, chunks[0])
+        else:
+            section_statistics_over_chunks(module.encoder, module._encode_chunk, chunks)
     try:
         yield channel
     finally:
@@ -142,26 +150,35 @@ def predict_windows(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext()
     with torch.inference_mode(), autocast:
         for symmetry in views:
+            tokens = torch.empty((n, module.arch.dim), device=device)
             with section_statistics(module, dihedral(patches_of(sample).to(device), symmetry)) as channel:
-                tokens = None
                 for part in np.array_split(order, max(1, -(-n // chunk))):
                     encoded = module.encode_patches(
                         dihedral(patches_of(part).to(device), symmetry), expanded(channel, len(part))
                     )
-                    if tokens is None:
-                        tokens = encoded.new_empty((n, encoded.shape[1]))
-                    tokens[torch.as_tensor(part, device=device)] = encoded
+                    tokens[torch.as_tensor(part, device=device)] = encoded.float()
                     if progress is not None:
                         progress.update(len(part))
             if module.x_embed is not None:
-                tokens = tokens + module.x_embed(positions[:, 0]) + module.y_embed(positions[:, 1])
+                tokens += module.x_embed(positions[:, 0]) + module.y_embed(positions[:, 1])
+            # the Transformer: each spot once, in the window whose block holds it, with the context spots
+            # standing for the rest of the section; its output replaces the spot's token
+            context_tokens = tokens[torch.as_tensor(context, device=device)].clone()
             for window in windows:
-                sequence, bias = window_sequence(window.members, context, n)
-                h = module.transformer(
-                    tokens[torch.as_tensor(sequence, device=device)].unsqueeze(0),
-                    None if bias is None else torch.as_tensor(bias, device=device),
-                )[:, : window.n_spots]
-                h = module.gnn(h, window_edges(edge_index, window.members, n))
+                core = window.members[window.core]
+                sequence, bias = window_sequence(core, context, n)
+                outside = torch.as_tensor(np.searchsorted(context, sequence[len(core) :]), device=device)
+                x = torch.cat([tokens[torch.as_tensor(core, device=device)], context_tokens[outside]])
+                key_bias = None if bias is None else torch.as_tensor(bias, device=device)
+                tokens[torch.as_tensor(core, device=device)] = module.transformer(x.unsqueeze(0), key_bias)[
+                    0, : len(core)
+                ].float()
+            # the graph network: on the block and its margin, which holds every block spot's whole reach
+            for window in windows:
+                h = module.gnn(
+                    tokens[torch.as_tensor(window.members, device=device)].unsqueeze(0),
+                    window_edges(edge_index, window.members, n),
+                )
                 core = torch.as_tensor(window.core, device=device)
                 total[window.members[window.core]] += module.gene_head(h[0, core]).float().cpu().numpy()
     return total / len(views)

@@ -1,10 +1,10 @@
-"""Split a large section into overlapping spatial windows, so that the network's cost is linear in its spots.
+"""Split a large section into spatial windows, so that the network's cost is linear in its spots.
 
-Each window is a *core* (a compact block of spots, the cores partitioning the section) plus a *margin*: every
-spot that reaches a core spot within ``margin`` hops of the spot graph. A spot is predicted once, by the
-window whose core holds it, so the graph network (whose reach is its number of layers) sees its whole
-neighbourhood there and gives the same output as on the whole section; only the Transformer, which attends
-over the whole window, sees less than the whole section.
+Each window is a *block* (a compact set of at most ``max_spots`` spots, the blocks partitioning the section)
+plus a *margin*: every spot that reaches a block spot within ``margin`` hops of the spot graph. A spot is
+predicted once, by the window whose block holds it: the Transformer attends over the block (and a sample of
+the section standing for the rest), and the graph network runs on block and margin, so it sees every block
+spot's whole neighbourhood and gives the same output as on the whole section.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ class Window:
     Attributes
     ----------
     members
-        Sorted indices of the window's spots (core and margin) in the section.
+        Sorted indices of the window's spots (block and margin) in the section.
     core
-        Positions within ``members`` of the spots this window predicts.
+        Positions within ``members`` of the block: the spots this window predicts.
     """
 
     members: np.ndarray
@@ -77,10 +77,11 @@ def plan_windows(
     max_spots: int | None,
     margin: int,
 ) -> list[Window]:
-    """Windows of at most ``max_spots`` spots whose cores partition the section.
+    """Windows whose blocks (``core``) of at most ``max_spots`` spots partition the section.
 
     The section is halved along its longer side at the median spot, again and again (a k-d tree), until each
-    block together with its margin of ``margin`` graph hops holds at most ``max_spots`` spots.
+    block holds at most ``max_spots`` spots; each window's ``members`` are its block and every spot within
+    ``margin`` graph hops of it.
 
     Parameters
     ----------
@@ -89,14 +90,9 @@ def plan_windows(
     edge_index
         ``(2, E)`` spot graph, messages from row 0 to row 1.
     max_spots
-        Largest window, margin included; ``None`` for one window over the whole section.
+        Largest block; ``None`` for one window over the whole section.
     margin
-        Graph hops around each core (the graph network's layers).
-
-    Raises
-    ------
-    ValueError
-        When a single spot and its margin already exceed ``max_spots``.
+        Graph hops around each block (the graph network's layers).
     """
     positions = np.asarray(positions, dtype=np.float64)
     n = len(positions)
@@ -108,17 +104,12 @@ def plan_windows(
     pending = [everything]
     while pending:
         block = pending.pop()
-        mask = np.zeros(n, dtype=bool)
-        mask[block] = True
-        members = np.flatnonzero(expand(mask, reach, margin))
-        if len(members) <= max_spots:
+        if len(block) <= max_spots:
+            mask = np.zeros(n, dtype=bool)
+            mask[block] = True
+            members = np.flatnonzero(expand(mask, reach, margin))
             windows.append(Window(members, np.searchsorted(members, np.sort(block))))
             continue
-        if len(block) == 1:
-            raise ValueError(
-                f"One spot and its {margin}-hop neighbourhood hold {len(members)} spots, more than "
-                f"`max_spots={max_spots}`; raise `max_spots` or check the spot graph (`connectivity_key`)."
-            )
         extent = np.ptp(positions[block], axis=0)
         axis = int(np.argmax(extent))
         order = np.lexsort((positions[block, 1 - axis], positions[block, axis]))

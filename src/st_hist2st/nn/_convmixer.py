@@ -30,10 +30,16 @@ class SectionBatchNorm2d(nn.BatchNorm2d):
         self.collect: list | None = None
         #: Mean and (biased) variance to normalise by, collected over all chunks of a section.
         self.fixed: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: Normalise the next input by its own statistics and keep them in ``fixed`` (a section in one chunk).
+        self.record = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or not self.section_statistics:
             return super().forward(x)
+        if self.record:
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+            self.fixed, self.record = (mean, var), False
+            return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
         if self.collect is not None:
             x64 = x.double()
             self.collect[0] += x.shape[0] * x.shape[2] * x.shape[3]
@@ -66,11 +72,23 @@ def section_statistics_over_chunks(module: nn.Module, encode_chunk, chunks: list
         layer.collect = None
 
 
+def section_statistics_in_one_pass(module: nn.Module, encode_chunk, chunk: tuple) -> None:
+    """Fix each section-statistics BatchNorm of ``module`` to the statistics of its input over one ``chunk``.
+
+    One forward pass in which every layer normalises by its input's statistics, as in training, and keeps
+    them: what :func:`section_statistics_over_chunks` finds for a single chunk, at the cost of one pass.
+    """
+    for layer in module.modules():
+        if isinstance(layer, SectionBatchNorm2d) and layer.section_statistics:
+            layer.record = True
+    encode_chunk(*chunk)
+
+
 def release_section_statistics(module: nn.Module) -> None:
     """Let the section-statistics BatchNorms of ``module`` use each input's own statistics again."""
     for layer in module.modules():
         if isinstance(layer, SectionBatchNorm2d):
-            layer.collect, layer.fixed = None, None
+            layer.collect, layer.fixed, layer.record = None, None, False
 
 
 class ConvMixerBlock(nn.Module):
