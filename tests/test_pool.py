@@ -96,6 +96,9 @@ def test_pool_refuses_an_unknown_scale_and_bad_arguments(adata):
         hist2st.pp.pool(bins, -5, microns_per_unit=1.0)
     cells = hist2st.pp.pool(bins, 55.0, microns_per_unit=1.0)  # coordinates in micrometres, as Xenium cells
     assert cells.uns["spatial"]["S0"]["scalefactors"]["spot_diameter_fullres"] == 55.0
+    # a spatialdata-io Visium HD table: full-resolution pixels, no scale factors, bins of a known side
+    spots = hist2st.pp.pool(bins, 55.0, bin_microns=16)
+    assert spots.uns["hist2st_pooling"]["microns_per_unit"]["S0"] == pytest.approx(MICRONS_PER_PIXEL)
 
 
 def test_predictions_on_pseudo_spots_map_back_onto_the_bins(adata, trained):

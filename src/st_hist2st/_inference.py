@@ -18,16 +18,12 @@ from tqdm.auto import tqdm
 from st_hist2st._data._section import Section
 from st_hist2st._data._windows import DEFAULT_MAX_SPOTS, plan_windows, window_edges
 from st_hist2st.nn._augment import dihedral
-from st_hist2st.nn._convmixer import (
-    release_section_statistics,
-    section_statistics_in_one_pass,
-    section_statistics_over_chunks,
-)
+from st_hist2st.nn._convmixer import release_section_statistics, section_statistics_in_one_pass
 from st_hist2st.nn._module import Hist2STModule, section_channel_statistics
 
 #: Spots whose patches give a section's colour and BatchNorm statistics: all of them up to this many, else a
 #: fixed random sample of this many (each statistic then averages over millions of pixels or feature-map
-#: positions). As many as the encoder takes at once, so that one pass collects them.
+#: positions), encoded in one pass that collects them (about 1.3 GB for the default network).
 STATISTICS_SPOTS = 4096
 #: Largest section whose patches are cut once and held (0.6 GB); a larger one has them cut as each is needed.
 HOLD_PATCHES_UP_TO = 16384
@@ -48,6 +44,8 @@ def section_statistics(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor] | None]:
     """Fix the statistics the network normalises a section by, from the patches ``sample`` of the section.
 
+    ``sample`` is encoded in one pass (:data:`STATISTICS_SPOTS` patches at most).
+
     Yields the colour channels' mean and standard deviation (``section_norm``; ``None`` without it). With
     ``section_batchnorm`` the encoder's BatchNorms normalise every chunk by the sample's statistics until exit.
     """
@@ -56,11 +54,7 @@ def section_statistics(
         mean, std = section_channel_statistics(sample.unsqueeze(0))
         channel = (mean[0], std[0])
     if module.arch.section_batchnorm:
-        chunks = [(part, expanded(channel, len(part)), None) for part in sample.split(module.encoder_chunk)]
-        if len(chunks) == 1:
-            section_statistics_in_one_pass(module.encoder, module._encode_chunk, chunks[0])
-        else:
-            section_statistics_over_chunks(module.encoder, module._encode_chunk, chunks)
+        section_statistics_in_one_pass(module.encoder, module._encode_chunk, (sample, expanded(channel, len(sample))))
     try:
         yield channel
     finally:

@@ -209,10 +209,9 @@ class Hist2STModule(nn.Module):
         self.pass_weight = PassWeight(dim) if arch.distillation_head else None
         self.gene_head = ExpressionHead(dim, arch.n_genes)
         self.augment = SectionAugment()
-        #: Patches encoded at once at prediction. A larger section is split, and with ``section_batchnorm`` its
-        #: statistics are first collected layer by layer over all chunks, which takes about 3-4 times the
-        #: encoder's one-pass time (5,000 patches, default network, 2 CPU cores: 35-42 s against 10.5 s).
-        self.encoder_chunk = 4096
+        #: Patches encoded at once at prediction (about 0.33 GB of activations for the default network). The
+        #: section's statistics are taken first (``section_batchnorm``: in one pass over up to 4,096 patches).
+        self.encoder_chunk = 1024
         #: Patches encoded at once when checkpointing (the encoder is cheap to recompute, its activations large).
         self.checkpoint_chunk = 128
 

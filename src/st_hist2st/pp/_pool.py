@@ -21,8 +21,22 @@ logger = logging.getLogger(__name__)
 POOLING_KEY = "hist2st_pooling"
 
 
-def _microns_per_unit(adata: AnnData, library_id: str, given: float | Mapping[str, float] | None) -> float:
-    """Micrometres per unit of ``obsm['spatial']`` for one library: given, or from ``uns['spatial']``."""
+def _microns_per_unit(
+    adata: AnnData,
+    library_id: str,
+    given: float | Mapping[str, float] | None,
+    bin_microns: float | None = None,
+    coords: np.ndarray | None = None,
+) -> float:
+    """Micrometres per unit of ``obsm['spatial']`` for one library: given, from the bins' spacing, or ``uns``."""
+    if bin_microns is not None and given is None:
+        from scipy.spatial import cKDTree
+
+        distance, _ = cKDTree(coords).query(coords, k=2)
+        spacing = float(np.median(distance[:, 1]))
+        if not spacing > 0:
+            raise ValueError(f"Library {library_id!r}: the bins' centres coincide; pass `microns_per_unit=`.")
+        return float(bin_microns) / spacing
     if given is not None:
         value = given.get(library_id) if isinstance(given, Mapping) else given
         if value is not None:
@@ -72,6 +86,7 @@ def pool(
     spatial_key: str = Key.spatial,
     layer: str | None = None,
     microns_per_unit: float | Mapping[str, float] | None = None,
+    bin_microns: float | None = None,
     min_members: int = 1,
 ) -> AnnData:
     """Pool bins or cells into pseudo-spots of a chosen size on a regular grid, summing their counts.
@@ -103,7 +118,12 @@ def pool(
     microns_per_unit
         Micrometres per unit of ``obsm[spatial_key]`` (one figure, or one per library): 1 for coordinates in
         micrometres (Xenium cells), the full-resolution image's micrometres per pixel for Visium HD bins.
-        Default ``uns['spatial'][library_id]['scalefactors' or 'metadata']['microns_per_pixel']``.
+        Default ``uns['spatial'][library_id]['scalefactors' or 'metadata']['microns_per_pixel']``, or the
+        bins' spacing with ``bin_microns``.
+    bin_microns
+        Side of the bins in micrometres (Visium HD: 2, 8 or 16). The scale is then found from the spacing of
+        their centres, so that a spatialdata-io table (centres in full-resolution pixels, no scale factors)
+        needs nothing else.
     min_members
         Fewest bins or cells a pseudo-spot needs; emptier grid cells (tissue edges) are left out, and their
         members map back to nothing.
@@ -134,7 +154,14 @@ def pool(
         raise KeyError(f"`adata.layers[{layer!r}]` does not exist (layers: {list(adata.layers)}).")
     coords = get_spatial(adata, spatial_key)
     libraries = get_libraries(adata, library_key)
-    scales = {lib: _microns_per_unit(adata, lib, microns_per_unit) for lib in libraries.cat.categories}
+    if bin_microns is not None and not (isinstance(bin_microns, int | float) and bin_microns > 0):
+        raise ValueError(f"`bin_microns` must be a positive number of micrometres, got {bin_microns!r}.")
+    scales = {
+        lib: _microns_per_unit(
+            adata, lib, microns_per_unit, bin_microns, coords[(libraries == lib).to_numpy()] if bin_microns else None
+        )
+        for lib in libraries.cat.categories
+    }
     counts = adata.X if layer is None else adata.layers[layer]
     assignment = np.full(adata.n_obs, -1, dtype=np.int64)
     obs_parts, centres, spatial_entries = [], [], {}
