@@ -43,3 +43,7 @@ def test_fit_and_predict_on_h5ad(adata, tmp_path, tiny):
     twice = ad.read_h5ad(tmp_path / "twice.h5ad")
     assert twice.uns["hist2st"]["n_models"] == 2
     np.testing.assert_allclose(twice.layers["hist2st"], out.layers["hist2st"], rtol=1e-6, equal_nan=True)
+    for value, expected in (("none", None), ("30", 30)):
+        target = tmp_path / f"windows_{value}.h5ad"
+        assert main(["predict", str(path), "--model", m, "--output", str(target), "--max-spots", value]) == 0
+        assert ad.read_h5ad(target).uns["hist2st"].get("max_spots") == expected

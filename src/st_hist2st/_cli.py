@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from st_hist2st._constants import HER2ST_CROP_SIZE
+from st_hist2st._constants import DEFAULT_MAX_SPOTS, HER2ST_CROP_SIZE
 from st_hist2st.nn._training import PRESETS, check_settings
 
 logger = logging.getLogger("st_hist2st")
@@ -131,6 +131,7 @@ def predict(args: argparse.Namespace) -> int:
         image=image,
         precision=args.precision,
         test_time_augmentation=args.test_time_augmentation,
+        max_spots=args.max_spots,
         copy=True,
     )
     if output.suffix == ".zarr":
@@ -262,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--precision", default="32-true", help="'32-true' or 'bf16-mixed', as for fit")
             p.add_argument(
                 "--test-time-augmentation", action="store_true", help="average over the 8 rotations and mirrors"
+            )
+            p.add_argument(
+                "--max-spots",
+                type=lambda v: None if v.lower() == "none" else int(v),
+                default=DEFAULT_MAX_SPOTS,
+                help=f"spots per window on large sections (default {DEFAULT_MAX_SPOTS}; 'none': whole sections)",
             )
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
