@@ -23,8 +23,8 @@ from st_hist2st.nn._module import Hist2STModule, section_channel_statistics
 
 #: Spots whose patches give a section's colour and BatchNorm statistics: all of them up to this many, else a
 #: fixed random sample of this many (each statistic then averages over millions of pixels or feature-map
-#: positions), encoded in one pass that collects them (about 1.3 GB for the default network).
-STATISTICS_SPOTS = 4096
+#: positions), encoded in one pass that collects them (about 0.7 GB of activations for the default network).
+STATISTICS_SPOTS = 2048
 #: Largest section whose patches are cut once and held (0.6 GB); a larger one has them cut as each is needed.
 HOLD_PATCHES_UP_TO = 16384
 #: Spots of the section every window also attends to, standing for the spots outside it.

@@ -210,7 +210,7 @@ class Hist2STModule(nn.Module):
         self.gene_head = ExpressionHead(dim, arch.n_genes)
         self.augment = SectionAugment()
         #: Patches encoded at once at prediction (about 0.33 GB of activations for the default network). The
-        #: section's statistics are taken first (``section_batchnorm``: in one pass over up to 4,096 patches).
+        #: section's statistics are taken first (``section_batchnorm``: in one pass over up to 2,048 patches).
         self.encoder_chunk = 1024
         #: Patches encoded at once when checkpointing (the encoder is cheap to recompute, its activations large).
         self.checkpoint_chunk = 128
