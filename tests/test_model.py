@@ -207,8 +207,11 @@ def test_training_steps_on_windows_when_asked(tiny):
         plan = Hist2STPlan({**arch, "n_genes": 5}, training.to_dict())
         plan.losses = lambda batch: seen.append(batch["patches"].shape[0]) or {"loss": torch.zeros(())}
         plan.log = lambda *args, **kwargs: None
-        plan.training_step(_batch(n=8), 0)
+        plan.training_step(plan.training_window(_batch(n=8)), 0)
         assert seen[-1] == expected
+    arch, training = preset("fast", **tiny, max_spots=3)
+    plan = Hist2STPlan({**arch, "n_genes": 5}, training.to_dict())
+    assert plan.training_window(_batch(n=8))["patches"].shape[0] == 3
 
 
 def test_gene_statistics_set_the_output_bias_and_the_loss_weights(tiny):

@@ -121,7 +121,9 @@ def fit(
     **settings
         Overrides of the architecture (:class:`~st_hist2st.nn.Architecture`, e.g. ``depth2=4``) or the
         training (:class:`~st_hist2st.nn.Training`, e.g. ``learning_rate=3e-4``). ``n_pos`` defaults to 64,
-        or the next multiple of 64 that holds the grid positions.
+        or the next multiple of 64 that holds the grid positions. ``max_spots`` (default 1,024) caps the spots
+        of one training step: a larger section (Visium HD bins, pooled cells) is trained on windows of it, with
+        a log line saying so (see :doc:`/large_sections`).
 
     Returns
     -------
