@@ -6,6 +6,9 @@ from st_hist2st.pp._patches import extract_patches
 from st_hist2st.pp._pool import pool, unpool
 from st_hist2st.pp._tile import tile, tissue_mask
 
+# documented where users find them
+Slide.__module__ = SlideLevel.__module__ = __name__
+
 __all__ = [
     "Slide",
     "SlideLevel",

@@ -17,7 +17,7 @@ from st_hist2st._utils import check_adata, check_not_view, get_libraries, get_sp
 
 logger = logging.getLogger(__name__)
 
-#: Where :func:`pool` records how the pseudo-spots were made, in the pooled AnnData's ``uns``.
+#: Where :func:`~st_hist2st.pp.pool` records how the pseudo-spots were made, in the pooled AnnData's ``uns``.
 POOLING_KEY = "hist2st_pooling"
 
 
@@ -95,7 +95,7 @@ def pool(
     CosMx, MERFISH tables) are far smaller than the spots Hist2ST was made for. Each bin or cell goes to the
     pseudo-spot whose grid cell holds its centre (a square, or the hexagon around a point of a hexagonal
     grid), and each pseudo-spot's counts are the sum of its members'. The result is a squidpy-ready AnnData for
-    :func:`~st_hist2st.tl.fit` and :func:`~st_hist2st.tl.predict`; :func:`unpool` maps predictions back onto
+    :func:`~st_hist2st.tl.fit` and :func:`~st_hist2st.tl.predict`; :func:`~st_hist2st.pp.unpool` maps predictions back onto
     the bins or cells.
 
     Parameters
@@ -139,7 +139,7 @@ def pool(
     - ``obsp['spatial_connectivities']``: the Hist2ST spot graph (:func:`~st_hist2st.pp.spatial_graph`);
     - ``uns['spatial']``: each library's images (the same arrays, not copies) and scale factors, with
       ``spot_diameter_fullres`` and ``metadata['microns_per_pixel']`` set for the pseudo-spots;
-    - ``uns['hist2st_pooling']``: the pseudo-spot of every bin or cell (``-1`` for none), for :func:`unpool`.
+    - ``uns['hist2st_pooling']``: the pseudo-spot of every bin or cell (``-1`` for none), for :func:`~st_hist2st.pp.unpool`.
     """
     from st_hist2st.pp._graph import spatial_graph
 
@@ -264,7 +264,7 @@ def unpool(
     key_added: str | None = None,
     copy: bool = False,
 ) -> AnnData | None:
-    """Give every bin or cell the prediction of the pseudo-spot it was pooled into (:func:`pool`).
+    """Give every bin or cell the prediction of the pseudo-spot it was pooled into (:func:`~st_hist2st.pp.pool`).
 
     Predictions are on the scale of normalised expression (:func:`~st_hist2st.tl.predict`), a level per spot
     that does not depend on the spot's size, so each member of a pseudo-spot gets the pseudo-spot's values.
@@ -272,7 +272,7 @@ def unpool(
     Parameters
     ----------
     pooled
-        The pseudo-spots of :func:`pool`, with predictions in ``layers[key]``.
+        The pseudo-spots of :func:`~st_hist2st.pp.pool`, with predictions in ``layers[key]``.
     adata
         The bins or cells that were pooled (the same rows, in any order).
     key

@@ -94,7 +94,7 @@ def tile(
 ) -> AnnData:
     """Pseudo-spots on a regular grid over the tissue of an H&E image, to predict on a slide never sequenced.
 
-    The tissue is found on a thumbnail of at most 2,048 pixels a side (:func:`tissue_mask`: scikit-image's
+    The tissue is found on a thumbnail of at most 2,048 pixels a side (:func:`~st_hist2st.pp.tissue_mask`: scikit-image's
     Otsu threshold of the colour saturation, and morphology), so a whole-slide image (:func:`~st_hist2st.pp.read_slide`) is read only at
     a coarse level here. A grid point becomes a spot when at least ``min_tissue`` of the square of side
     ``spot_diameter`` around it is tissue.
@@ -129,7 +129,7 @@ def tile(
         Fraction of tissue a spot needs.
     tissue_threshold
         Greyscale value up to which a pixel is tissue; default Otsu's threshold of the colour saturation
-        (:func:`tissue_mask`).
+        (:func:`~st_hist2st.pp.tissue_mask`).
     microns_per_pixel
         Micrometres per full-resolution pixel of the slide; default a :class:`~st_hist2st.pp.Slide`'s own.
         :func:`~st_hist2st.tl.predict` then cuts the physical crop size the model was trained with.
