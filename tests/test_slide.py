@@ -101,8 +101,32 @@ def test_read_slide_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="No slide"):
         hist2st.pp.read_slide(tmp_path / "missing.tif")
     (tmp_path / "x.mrxs").write_text("not a tiff")
-    with pytest.raises(ValueError, match="not a TIFF-based slide"):
+    with pytest.raises(ValueError, match="not a TIFF-based slide|neither tifffile nor OpenSlide"):
         hist2st.pp.read_slide(tmp_path / "x.mrxs")
+    with pytest.raises(ValueError, match="tifffile cannot read"):
+        hist2st.pp.read_slide(tmp_path / "x.mrxs", reader="tifffile")
+    with pytest.raises(ValueError, match="`reader`"):
+        hist2st.pp.read_slide(tmp_path / "x.mrxs", reader="pillow")
+
+
+def test_openslide_reads_the_same_pixels_as_tifffile(tmp_path, trained):
+    pytest.importorskip("openslide")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (1024, 1536, 3), dtype=np.uint8)
+    path = tmp_path / "generic.tif"
+    with tifffile.TiffWriter(path) as writer:  # a generic tiled TIFF, pyramid levels in the next directories
+        options = {"tile": (256, 256), "photometric": "rgb"}
+        writer.write(image, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER", **options)
+        for k in (2, 4):
+            writer.write(image[::k, ::k], subfiletype=1, **options)
+    slide = hist2st.pp.read_slide(path, reader="openslide")
+    assert slide.microns_per_pixel == pytest.approx(0.5)
+    assert slide.downsamples == [1, 2, 4] and slide.shape == (1024, 1536, 3)
+    np.testing.assert_array_equal(slide[256:261, 512:522], image[256:261, 512:522])
+    np.testing.assert_array_equal(slide.level(1)[128:133, 256:266], image[::2, ::2][128:133, 256:266])
+    np.testing.assert_array_equal(slide.level(2)[::3, ::5], image[::4, ::4][::3, ::5])
+    assert slide.level(0).pixels_read == 50
+    assert slide.level_for(1.0) == 1
 
 
 @pytest.mark.parametrize("colour", [True, False])

@@ -1,4 +1,4 @@
-"""Whole-slide images (pyramidal OME-TIFF, SVS, NDPI and other tiled TIFFs), read lazily through tifffile's zarr store."""
+"""Whole-slide images read lazily: tiled TIFFs (OME-TIFF, SVS, NDPI) through tifffile's zarr store, others through OpenSlide."""
 
 from __future__ import annotations
 
@@ -49,6 +49,31 @@ class SlideLevel:
         return f"SlideLevel({self.name}, shape={self.shape})"
 
 
+class OpenSlideLevel(SlideLevel):
+    """One level of a slide read through OpenSlide (``pip install 'st-hist2st[slide]'``), as a lazy array."""
+
+    def __init__(self, handle: Any, index: int, name: str) -> None:
+        self._handle, self._index, self.name = handle, index, name
+        width, height = handle.level_dimensions[index]
+        self._downsample = float(handle.level_downsamples[index])
+        self.shape, self.dtype, self.ndim = (int(height), int(width), 3), np.dtype(np.uint8), 3
+        self.pixels_read = 0
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        rows, cols = (tuple(key) + (slice(None), slice(None)))[:2]
+        (r0, r1, rstep), (c0, c1, cstep) = rows.indices(self.shape[0]), cols.indices(self.shape[1])
+        if r1 <= r0 or c1 <= c0:
+            return np.zeros((0 if r1 <= r0 else r1 - r0, 0 if c1 <= c0 else c1 - c0, 3), dtype=np.uint8)
+        # OpenSlide places a region by its top-left corner in full-resolution pixels
+        origin = (int(c0 * self._downsample), int(r0 * self._downsample))
+        region = self._handle.read_region(origin, self._index, (c1 - c0, r1 - r0))
+        window = np.asarray(region.convert("RGB"))[::rstep, ::cstep]
+        self.pixels_read += int((r1 - r0) * (c1 - c0))
+        return window
+
+
 class Slide:
     """A pyramidal whole-slide image, opened without reading its pixels.
 
@@ -68,20 +93,55 @@ class Slide:
         Micrometres per full-resolution pixel, from the file's metadata or as given; ``None`` when unknown.
     """
 
-    def __init__(self, path: str | Path, microns_per_pixel: float | None = None, series: int = 0) -> None:
-        import tifffile
-        import zarr
-
+    def __init__(
+        self, path: str | Path, microns_per_pixel: float | None = None, series: int = 0, reader: str = "auto"
+    ) -> None:
+        if reader not in ("auto", "tifffile", "openslide"):
+            raise ValueError(f"`reader` must be 'auto', 'tifffile' or 'openslide', got {reader!r}.")
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"No slide at {self.path}.")
+        if microns_per_pixel is not None and not float(microns_per_pixel) > 0:
+            raise ValueError(f"`microns_per_pixel` must be positive, got {microns_per_pixel}.")
+        self._tiff = self._openslide = None
+        if reader in ("auto", "tifffile"):
+            error = self._open_tifffile(series)
+            if error is None:
+                self._finish(microns_per_pixel, _metadata_microns(self._tiff))
+                return
+            if reader == "tifffile":
+                raise ValueError(f"{self.path}: tifffile cannot read it ({error}).")
+        self._open_openslide()
+        mpp = self._openslide.properties.get("openslide.mpp-x")
+        self._finish(microns_per_pixel, float(mpp) if mpp else None)
+
+    def _open_openslide(self) -> None:
+        try:
+            import openslide
+        except ImportError:
+            raise ValueError(
+                f"{self.path} is not a TIFF-based slide that tifffile can read; OpenSlide reads more formats "
+                "(MIRAX, Leica SCN, ...): `pip install 'st-hist2st[slide]'`. Or convert it to a pyramidal OME-TIFF "
+                "(e.g. with bfconvert or vips tiffsave --tile --pyramid)."
+            ) from None
+        try:
+            self._openslide = openslide.OpenSlide(str(self.path))
+        except openslide.OpenSlideError as err:
+            raise ValueError(f"{self.path}: neither tifffile nor OpenSlide can read it ({err}).") from None
+        self.levels = [
+            OpenSlideLevel(self._openslide, i, f"{self.path.name} level {i}")
+            for i in range(self._openslide.level_count)
+        ]
+
+    def _open_tifffile(self, series: int) -> str | None:
+        """Open the file with tifffile; the reason when it cannot."""
+        import tifffile
+        import zarr
+
         try:
             self._tiff = tifffile.TiffFile(self.path)
         except (tifffile.TiffFileError, ValueError) as err:
-            raise ValueError(
-                f"{self.path} is not a TIFF-based slide that tifffile can read ({err}). Convert it to a pyramidal "
-                "OME-TIFF (e.g. with bfconvert or vips tiffsave --tile --pyramid)."
-            ) from None
+            return str(err)
         if not 0 <= series < len(self._tiff.series):
             raise ValueError(f"`series={series}`: {self.path} holds {len(self._tiff.series)} image series.")
         pages = self._tiff.series[series]
@@ -91,13 +151,12 @@ class Slide:
         store = zarr.open(pages.aszarr(), mode="r")
         arrays = [store] if hasattr(store, "shape") else [store[str(i)] for i in range(len(pages.levels))]
         self.levels = [SlideLevel(a, axes, f"{self.path.name} level {i}") for i, a in enumerate(arrays)]
+        return None
+
+    def _finish(self, given: float | None, recorded: float | None) -> None:
         full = self.levels[0].shape
         self.downsamples = [full[1] / level.shape[1] for level in self.levels]
-        if microns_per_pixel is not None and not float(microns_per_pixel) > 0:
-            raise ValueError(f"`microns_per_pixel` must be positive, got {microns_per_pixel}.")
-        self.microns_per_pixel = (
-            float(microns_per_pixel) if microns_per_pixel is not None else _metadata_microns(self._tiff)
-        )
+        self.microns_per_pixel = float(given) if given is not None else recorded
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -151,7 +210,9 @@ class Slide:
 
     def close(self) -> None:
         """Close the file."""
-        self._tiff.close()
+        for handle in (self._tiff, self._openslide):
+            if handle is not None:
+                handle.close()
 
     def __enter__(self) -> Slide:
         return self
@@ -190,13 +251,16 @@ def _metadata_microns(tiff: Any) -> float | None:
     return None
 
 
-def read_slide(path: str | Path, *, microns_per_pixel: float | None = None, series: int = 0) -> Slide:
+def read_slide(
+    path: str | Path, *, microns_per_pixel: float | None = None, series: int = 0, reader: str = "auto"
+) -> Slide:
     """Open a whole-slide image lazily: no pixel is read until a window of it is sliced.
 
     Pyramidal OME-TIFF, Aperio SVS, Hamamatsu NDPI and other tiled TIFFs are read through tifffile's zarr
-    store, a tile at a time: a slide of 100,000 pixels a side is never held in memory. Pass the result as
-    ``image`` to :func:`st_hist2st.pp.tile`, which lays pseudo-spots over its tissue and picks the pyramid
-    level nearest the model's resolution.
+    store, a tile at a time: a slide of 100,000 pixels a side is never held in memory. Formats tifffile cannot
+    read (MIRAX, Leica SCN, ...) are read through OpenSlide when it is installed
+    (``pip install 'st-hist2st[slide]'``). Pass the result as ``image`` to :func:`st_hist2st.pp.tile`, which
+    lays pseudo-spots over its tissue and picks the pyramid level nearest the model's resolution.
 
     Parameters
     ----------
@@ -206,10 +270,12 @@ def read_slide(path: str | Path, *, microns_per_pixel: float | None = None, seri
         Micrometres per full-resolution pixel; default the file's own (OME ``PhysicalSizeX``, Aperio ``MPP``,
         or the TIFF resolution tags).
     series
-        Image series of the file (a slide file can also hold a label or macro image).
+        Image series of the file (a slide file can also hold a label or macro image); tifffile only.
+    reader
+        ``'tifffile'``, ``'openslide'``, or ``'auto'``: tifffile, else OpenSlide.
 
     Returns
     -------
     A :class:`~st_hist2st.pp.Slide`.
     """
-    return Slide(path, microns_per_pixel, series)
+    return Slide(path, microns_per_pixel, series, reader)
