@@ -13,24 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 import warnings
-from pathlib import Path
 
-import numpy as np
+from her2st import ROOT, mean_r  # the accuracy benchmark beside this one: the same data and measure
 
 import st_hist2st as hist2st
 from st_hist2st._data._targets import expression_targets
-from st_hist2st.nn._plan import pearson_per_gene
-
-ROOT = Path(os.environ.get("HIST2ST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "her2st"))
-
-
-def mean_r(pred: np.ndarray, obs: np.ndarray) -> float:
-    import torch
-
-    return float(np.nanmean(pearson_per_gene(torch.as_tensor(pred), torch.as_tensor(obs)).numpy()))
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from st_hist2st._data._section import Section
 from st_hist2st._data._windows import DEFAULT_MAX_SPOTS, plan_windows, window_edges
 from st_hist2st.nn._augment import dihedral
 from st_hist2st.nn._convmixer import release_section_statistics, section_statistics_in_one_pass
@@ -119,7 +118,7 @@ def predict_windows(
     test_time_augmentation
         Average over the 8 rotations by multiples of 90 degrees and mirrors of every patch.
     max_spots
-        Largest window, margin included; ``None`` runs the whole section at once.
+        Most spots in a block (the margin comes on top); ``None`` runs the whole section at once.
     margin
         Graph hops of neighbours around each window's core; default the graph network's layers.
     window_context
@@ -162,11 +161,10 @@ def predict_windows(
                 core = window.members[window.core]
                 sequence, bias = window_sequence(core, context, n)
                 outside = torch.as_tensor(np.searchsorted(context, sequence[len(core) :]), device=device)
-                x = torch.cat([tokens[torch.as_tensor(core, device=device)], context_tokens[outside]])
+                block = torch.as_tensor(core, device=device)
+                x = torch.cat([tokens[block], context_tokens[outside]])
                 key_bias = None if bias is None else torch.as_tensor(bias, device=device)
-                tokens[torch.as_tensor(core, device=device)] = module.transformer(x.unsqueeze(0), key_bias)[
-                    0, : len(core)
-                ].float()
+                tokens[block] = module.transformer(x.unsqueeze(0), key_bias)[0, : len(core)].float()
             # the graph network: on the block and its margin, which holds every block spot's whole reach
             for window in windows:
                 h = module.gnn(
@@ -176,33 +174,3 @@ def predict_windows(
                 core = torch.as_tensor(window.core, device=device)
                 total[window.members[window.core]] += module.gene_head(h[0, core]).float().cpu().numpy()
     return total / len(views)
-
-
-def predict_section(
-    module: Hist2STModule,
-    section: Section,
-    device: torch.device,
-    precision: str = "32-true",
-    test_time_augmentation: bool = False,
-    max_spots: int | None = DEFAULT_MAX_SPOTS,
-    margin: int | None = None,
-    window_context: int = DEFAULT_WINDOW_CONTEXT,
-    progress: tqdm | None = None,
-) -> np.ndarray:
-    """``(n_spots, n_genes)`` predictions of ``module`` (in eval mode, on ``device``) for one prepared section.
-
-    See :func:`predict_windows`; patches the section does not hold are cut from its image as needed.
-    """
-    return predict_windows(
-        module,
-        section.patches_of,
-        section.positions,
-        section.edge_index,
-        device,
-        precision=precision,
-        test_time_augmentation=test_time_augmentation,
-        max_spots=max_spots,
-        margin=margin,
-        window_context=window_context,
-        progress=progress,
-    )

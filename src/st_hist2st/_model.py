@@ -22,7 +22,7 @@ from st_hist2st._data._dataset import EpochShuffle, SectionDataset, identity_col
 from st_hist2st._data._scale import physical_record, warn_coarser_images
 from st_hist2st._data._section import Section, prepare_sections
 from st_hist2st._data._windows import DEFAULT_MAX_SPOTS, check_max_spots
-from st_hist2st._inference import DEFAULT_WINDOW_CONTEXT, HOLD_PATCHES_UP_TO, predict_section
+from st_hist2st._inference import DEFAULT_WINDOW_CONTEXT, HOLD_PATCHES_UP_TO, predict_windows
 from st_hist2st._persistence import (
     CARD_FILE,
     CONFIG_FILE,
@@ -415,12 +415,14 @@ class Hist2ST:
 
         A section of more than ``max_spots`` spots is predicted in windows (see :func:`st_hist2st.tl.predict`).
         """
-        return predict_section(
+        return predict_windows(
             self.module,
-            section,
+            section.patches_of,
+            section.positions,
+            section.edge_index,
             device,
-            check_precision(precision),
-            test_time_augmentation,
+            precision=check_precision(precision),
+            test_time_augmentation=test_time_augmentation,
             max_spots=check_max_spots(max_spots),
             margin=window_margin,
             window_context=window_context,

@@ -72,6 +72,16 @@ class Crop:
         return max(self.image_microns_per_pixel, self.microns / patch_size)
 
 
+def given_for_library(given: float | Mapping[str, float] | None, library_id: str, argument: str) -> float | None:
+    """A positive figure given for every library, or per library (a mapping); ``None`` where none is given."""
+    value = given.get(library_id) if isinstance(given, Mapping) else given
+    if value is None:
+        return None
+    if not float(value) > 0:
+        raise ValueError(f"`{argument}` must be positive, got {value} for library {library_id!r}.")
+    return float(value)
+
+
 def resolve_microns_per_pixel(
     adata: AnnData,
     library_id: str,
@@ -86,12 +96,9 @@ def resolve_microns_per_pixel(
     diameter) and the platform's spot diameter (Visium 55 um, legacy ST 100 um, by the array's ``layout``; not
     for pseudo-spots of :func:`~st_hist2st.pp.tile`); ``None`` when none exists.
     """
-    if given is not None:
-        value = given.get(library_id) if isinstance(given, Mapping) else given
-        if value is not None:
-            if not float(value) > 0:
-                raise ValueError(f"`microns_per_pixel` must be positive, got {value} for library {library_id!r}.")
-            return float(value), "given as microns_per_pixel"
+    value = given_for_library(given, library_id, "microns_per_pixel")
+    if value is not None:
+        return value, "given as microns_per_pixel"
     entry = adata.uns.get(Key.spatial, {}).get(library_id, {})
     metadata = entry.get("metadata", {}) if isinstance(entry, Mapping) else {}
     if isinstance(metadata, Mapping) and metadata.get(MICRONS_KEY):

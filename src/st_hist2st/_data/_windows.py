@@ -35,11 +35,6 @@ class Window:
     members: np.ndarray
     core: np.ndarray
 
-    @property
-    def n_spots(self) -> int:
-        """Spots in the window, margin included."""
-        return len(self.members)
-
 
 def check_max_spots(max_spots: int | None, argument: str = "max_spots") -> int | None:
     """``max_spots`` as an int, or ``None`` (no windows); a clear error for anything else."""

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from st_hist2st._constants import Key
-from st_hist2st._data._scale import MICRONS_KEY, PSEUDO_SPOTS_KEY
+from st_hist2st._data._scale import MICRONS_KEY, PSEUDO_SPOTS_KEY, given_for_library
 from st_hist2st._utils import check_adata, check_not_view, get_libraries, get_spatial
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,9 @@ def _microns_per_unit(
     coords: np.ndarray | None = None,
 ) -> float:
     """Micrometres per unit of ``obsm['spatial']`` for one library: given, from the bins' spacing, or ``uns``."""
+    value = given_for_library(given, library_id, "microns_per_unit")
+    if value is not None:
+        return value
     if bin_microns is not None and given is None:
         from scipy.spatial import cKDTree
 
@@ -37,12 +40,6 @@ def _microns_per_unit(
         if not spacing > 0:
             raise ValueError(f"Library {library_id!r}: the bins' centres coincide; pass `microns_per_unit=`.")
         return float(bin_microns) / spacing
-    if given is not None:
-        value = given.get(library_id) if isinstance(given, Mapping) else given
-        if value is not None:
-            if not float(value) > 0:
-                raise ValueError(f"`microns_per_unit` must be positive, got {value} for library {library_id!r}.")
-            return float(value)
     entry = adata.uns.get(Key.spatial, {}).get(library_id, {})
     for place in ("metadata", Key.scalefactors):  # space ranger's Visium HD scale factors hold microns_per_pixel
         values = entry.get(place, {}) if isinstance(entry, Mapping) else {}
