@@ -104,7 +104,8 @@ def predict_windows(
     margin: int | None = None,
     window_context: int = DEFAULT_WINDOW_CONTEXT,
     progress: tqdm | None = None,
-) -> np.ndarray:
+    zinb: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """``(n_spots, n_genes)`` predictions of ``module`` (in eval mode, on ``device``) for one section.
 
     Parameters
@@ -127,7 +128,12 @@ def predict_windows(
         predicted there. ``0``: each window attends to itself alone.
     progress
         A progress bar to advance by each spot encoded.
+    zinb
+        Also return the ZINB head's mean, dispersion and dropout probability, ``(3, n_spots, n_genes)`` (each
+        averaged over the views).
     """
+    if zinb and module.zinb is None:
+        raise ValueError("The model has no ZINB head (it was built with `zinb_head=False`).")
     n = len(positions)
     margin = module.arch.depth3 if margin is None else int(margin)
     windows = plan_windows(positions, edge_index, max_spots, margin)
@@ -138,6 +144,7 @@ def predict_windows(
     positions, edge_index = positions.to(device), edge_index.to(device)
     views = range(8) if test_time_augmentation else range(1)
     total = np.zeros((n, module.arch.n_genes), dtype=np.float32)
+    params = np.zeros((3, n, module.arch.n_genes), dtype=np.float64) if zinb else None
     chunk = module.encoder_chunk
     # no autocast context for '32-true': inside a bf16 Lightning validation it would turn the caller's off
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext()
@@ -173,4 +180,12 @@ def predict_windows(
                 )
                 core = torch.as_tensor(window.core, device=device)
                 total[window.members[window.core]] += module.gene_head(h[0, core]).float().cpu().numpy()
+                if params is not None:
+                    # exp() of a bfloat16 logit would round the mean to 3 significant digits
+                    with torch.autocast(device.type, enabled=False):
+                        heads = module.zinb(h[0, core].float())
+                    for k, value in enumerate(heads):
+                        params[k, window.members[window.core]] += value.double().cpu().numpy()
+    if params is not None:
+        return total / len(views), params / len(views)
     return total / len(views)

@@ -18,7 +18,13 @@ from anndata import AnnData
 from tqdm.auto import tqdm
 
 from st_hist2st._constants import PATCH_SIZE, Key
-from st_hist2st._data._dataset import EpochShuffle, SectionDataset, identity_collate, target_statistics
+from st_hist2st._data._dataset import (
+    EpochShuffle,
+    SectionDataset,
+    count_statistics,
+    identity_collate,
+    target_statistics,
+)
 from st_hist2st._data._scale import physical_record, warn_coarser_images
 from st_hist2st._data._section import Section, prepare_sections
 from st_hist2st._data._windows import DEFAULT_MAX_SPOTS, check_max_spots
@@ -210,6 +216,8 @@ class Hist2ST:
                 "layout": layout,
                 "normalize_over": normalize_over,
                 "train_libraries": train_libs,
+                # the targets' denominator for a spot of size factor 1: the scale of the ZINB head's counts
+                "median_total": float(np.median([s.median_total for s in train])),
                 "validation_libraries": val_libs,
                 **physical_record({s.library_id: s.crop for s in train}, PATCH_SIZE),
             }
@@ -227,6 +235,9 @@ class Hist2ST:
                 self.architecture.to_dict(), self.training.to_dict(), history_path, net=self.module, seed=seed
             )
             plan.set_gene_statistics(*target_statistics(train), init_bias=not self.is_trained)
+            counts = count_statistics(train)
+            if counts is not None and not self.is_trained:
+                plan.set_count_statistics(*counts)
             # Lightning keeps the modules' train/eval mode as it finds it, and prediction leaves them in eval mode
             self.module.train()
             # a re-fit that fails must not leave half-updated weights on a model marked trained; a first fit has
@@ -327,12 +338,17 @@ class Hist2ST:
         window_margin: int | None = None,
         window_context: int = DEFAULT_WINDOW_CONTEXT,
         show_progress_bar: bool = True,
-    ) -> np.ndarray:
+        return_zinb: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Predicted transformed expression, ``(n_obs, n_genes)`` float32 in the order of ``genes``.
 
-        See :func:`st_hist2st.tl.predict` for the parameters; ``adata`` is not modified.
+        See :func:`st_hist2st.tl.predict` for the parameters; ``adata`` is not modified. With ``return_zinb``
+        also the ZINB head's mean, dispersion and dropout probability, ``(3, n_obs, n_genes)``: the distribution
+        of the counts of a spot of median size (size factor 1).
         """
         self._check_trained()
+        if return_zinb:
+            self.check_zinb()
         check_adata(adata)
         precision = check_precision(precision, predict=True)
         max_spots = check_max_spots(max_spots)
@@ -376,6 +392,7 @@ class Hist2ST:
                 )
         device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         out = np.full((adata.n_obs, len(self.genes)), np.nan, dtype=np.float32)
+        params = np.full((3, adata.n_obs, len(self.genes)), np.nan) if return_zinb else None
         was_training = self.module.training
         self.module.to(device).eval()
         views = 8 if test_time_augmentation else 1
@@ -386,7 +403,7 @@ class Hist2ST:
                 tqdm(total=total, desc="predicting", unit="spot", disable=not show_progress_bar) as progress,
             ):
                 for section in sections:
-                    out[section.obs_index] = self.predict_section(
+                    result = self.predict_section(
                         section,
                         device,
                         precision,
@@ -395,10 +412,15 @@ class Hist2ST:
                         window_margin,
                         window_context,
                         progress,
+                        return_zinb,
                     )
+                    if return_zinb:
+                        out[section.obs_index], params[:, section.obs_index] = result
+                    else:
+                        out[section.obs_index] = result
         finally:
             self.module.train(was_training).cpu()
-        return out
+        return (out, params) if return_zinb else out
 
     def predict_section(
         self,
@@ -410,10 +432,12 @@ class Hist2ST:
         window_margin: int | None = None,
         window_context: int = DEFAULT_WINDOW_CONTEXT,
         progress: tqdm | None = None,
-    ) -> np.ndarray:
+        return_zinb: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Predicted expression of one prepared section, averaged over the 8 views with ``test_time_augmentation``.
 
         A section of more than ``max_spots`` spots is predicted in windows (see :func:`st_hist2st.tl.predict`).
+        With ``return_zinb``, also the ZINB parameters (see :meth:`predict`).
         """
         return predict_windows(
             self.module,
@@ -427,7 +451,17 @@ class Hist2ST:
             margin=window_margin,
             window_context=window_context,
             progress=progress,
+            zinb=return_zinb,
         )
+
+    def check_zinb(self) -> None:
+        """Raise unless the ZINB head was trained (``zinb > 0``), which predictive uncertainty comes from."""
+        if self.module.zinb is None or self.training.zinb <= 0:
+            raise ValueError(
+                "This model has no trained ZINB head (it was trained with `zinb=0`), so it gives no predictive "
+                "uncertainty; train one with a ZINB loss (the default preset, or `zinb=` above 0), or pass "
+                "`uncertainty=False`."
+            )
 
     def _check_trained(self) -> None:
         if not self.is_trained:

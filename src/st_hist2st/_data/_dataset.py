@@ -39,6 +39,17 @@ def target_statistics(sections: Sequence[Section]) -> tuple[torch.Tensor, torch.
     return targets.mean(0), targets.var(0, unbiased=False)
 
 
+def count_statistics(sections: Sequence[Section]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-gene mean and variance of the counts divided by the size factors, over all spots of ``sections``.
+
+    These are the counts of a spot of median size, the scale of the ZINB mean; ``None`` without counts.
+    """
+    if any(s.counts is None or s.size_factors is None for s in sections):
+        return None
+    scaled = torch.cat([s.counts.double() / s.size_factors.double().clamp_min(1e-8)[:, None] for s in sections])
+    return scaled.mean(0), scaled.var(0, unbiased=False)
+
+
 class EpochShuffle(torch.utils.data.Sampler):
     """A random order of ``n`` items drawn from ``seed`` and the epoch (Lightning calls ``set_epoch``).
 

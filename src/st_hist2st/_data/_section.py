@@ -51,6 +51,8 @@ class Section:
         ``(2, n_edges)`` graph, local spot indices, messages flow from row 0 to row 1.
     targets, counts, size_factors
         ``(n, n_genes)`` transformed expression and raw counts, ``(n,)`` size factors; ``None`` without expression.
+    median_total
+        The median of the spots' totals, the denominator of the targets of a spot of size factor 1.
     crop
         The image, crop side and physical scale the patches were cut with.
     coords
@@ -66,6 +68,7 @@ class Section:
     targets: torch.Tensor | None = None
     counts: torch.Tensor | None = None
     size_factors: torch.Tensor | None = None
+    median_total: float | None = None
     crop: Crop | None = None
     coords: np.ndarray | None = None
 
@@ -367,6 +370,7 @@ def prepare_sections(
                 totals = None if totals_all is None else totals_all[idx]
                 section.targets = torch.from_numpy(expression_targets(counts, totals))
                 section.size_factors = torch.from_numpy(size_factors(counts, totals))
+                section.median_total = float(np.median(counts.sum(1) if totals is None else totals))
             sections.append(section)
     warn_padding(np.concatenate(padded_all), [crop.side for crop in crops.values()], stacklevel=4)
     return sections

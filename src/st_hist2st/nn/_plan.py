@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import lightning as L
@@ -128,6 +129,23 @@ class Hist2STPlan(L.LightningModule):
             # a floor keeps genes that barely vary in the training spots from dominating
             weights = 1 / var.clamp_min(0.01 * float(var.mean()))
             self.gene_weights = (weights / weights.mean()).float()
+
+    def set_count_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Start the ZINB head at each gene's count distribution (``Training.init_zinb_bias``).
+
+        ``mean`` and ``var`` are per gene, of the counts divided by the size factors: the mean's bias becomes
+        ``log(mean)``, the dispersion's the moment estimate ``mean**2 / (var - mean)`` (within [0.1, 100]) and
+        the dropout probability's 0.05; the ZINB loss then starts near its value for the gene means.
+        """
+        if not self.settings.init_zinb_bias or self.net.zinb is None:
+            return
+        mean = mean.double().clamp_min(1e-3)
+        disp = (mean.square() / (var.double() - mean).clamp_min(1e-6)).clamp(0.1, 100.0)
+        head = self.net.zinb
+        with torch.no_grad():
+            head.mean.bias.copy_(mean.log())
+            head.disp.bias.copy_(disp + torch.log(-torch.expm1(-disp)))  # the inverse of softplus
+            head.pi.bias.fill_(math.log(0.05 / 0.95))
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """All terms of the loss for one section."""

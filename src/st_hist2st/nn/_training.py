@@ -67,6 +67,10 @@ class Training:
         Weight each gene's squared error by the inverse of its variance over the training spots (weights
         averaging 1), so that every gene counts alike, as in the mean Pearson r over genes; otherwise the
         few genes of largest variance dominate the loss.
+    init_zinb_bias
+        Start the biases of the ZINB head at each gene's count distribution over the training spots (mean,
+        moment estimate of the dispersion, dropout probability 0.05), so that the ZINB loss does not begin
+        with large gradients fitting the gene means through the shared network.
     ema_decay
         Keep an exponential moving average of the weights, updated after every step with this decay
         (``0.99`` averages over about the last 100 steps); validation uses the averaged weights and training
@@ -107,6 +111,7 @@ class Training:
     stain_jitter: float | None = None
     init_output_bias: bool = False
     standardize_genes: bool = False
+    init_zinb_bias: bool = False
     ema_decay: float | None = None
     gradient_checkpointing: bool = False
     step_in_backward: bool = False

@@ -14,6 +14,7 @@ from st_hist2st._data._windows import DEFAULT_MAX_SPOTS
 from st_hist2st._docs import inject_docs
 from st_hist2st._inference import DEFAULT_WINDOW_CONTEXT
 from st_hist2st._model import Hist2ST, resolve_model
+from st_hist2st._uncertainty import check_levels, target_distribution
 from st_hist2st._utils import check_adata, check_not_view, check_precision, check_var_names, get_libraries
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ def predict(
     max_spots: int | None = DEFAULT_MAX_SPOTS,
     window_margin: int | None = None,
     window_context: int = DEFAULT_WINDOW_CONTEXT,
+    uncertainty: bool = False,
+    interval_levels: Sequence[float] = (0.8, 0.95),
     show_progress_bar: bool = True,
     key_added: str = Key.prediction,
     copy: bool = False,
@@ -103,6 +106,12 @@ def predict(
         weighted as the share of the spots outside the window it stands for, so that attention within a
         window estimates attention over the whole section; they are not predicted there. ``0``: each window
         attends to itself alone.
+    uncertainty
+        Also write the predictive uncertainty from the model's ZINB head (models trained with a ZINB loss, as
+        the default preset is): the head's count distribution for a spot of median size, carried to the scale
+        of the predictions (:doc:`/uncertainty`). Several models give the mixture of their distributions.
+    interval_levels
+        Levels of the central predictive intervals written with ``uncertainty=True``.
     show_progress_bar
         %(show_progress_bar)s
     key_added
@@ -117,7 +126,11 @@ def predict(
     - ``layers[key_added]``: ``(n_obs, n_vars)`` float32 predictions, NaN for genes the model does not predict;
     - ``uns[key_added]``: what produced the predictions (genes, image, crop size, libraries, settings, version,
       ``n_models``); averaged models that differ in image, crop size or settings have theirs under
-      ``'models'``.
+      ``'models'``;
+    - with ``uncertainty=True``, ``layers[f'{key_added}_std']``, the predictive standard deviation, and per level
+      (e.g. 0.8) ``layers[f'{key_added}_lower80']`` and ``layers[f'{key_added}_upper80']``, the ends of the
+      central predictive interval; their names are under ``uns[key_added]['uncertainty']``, which
+      :func:`~st_hist2st.tl.evaluate` reads to report the intervals' coverage.
 
     Without genes: a new AnnData with the model's genes as ``var``, the predictions in ``X`` and
     ``layers[key_added]``, and ``obs``, ``obsm`` and ``uns['spatial']`` of ``adata``.
@@ -155,7 +168,16 @@ def predict(
             "are on different scales and cannot be averaged."
         )
     over = kinds.pop()
-    pred = None
+    if uncertainty:
+        interval_levels = check_levels(interval_levels)
+        for i, m in enumerate(models):
+            m.check_zinb()
+            if "median_total" not in m.preprocessing:
+                raise ValueError(
+                    f"`model[{i}]` was trained before models recorded the median spot total, which "
+                    "`uncertainty=True` needs to carry its counts to the predictions' scale; train it again."
+                )
+    pred, params = None, []
     for m in models:
         one = m.predict(
             adata,
@@ -175,9 +197,18 @@ def predict(
             window_margin=window_margin,
             window_context=window_context,
             show_progress_bar=show_progress_bar,
+            return_zinb=uncertainty,
         )
+        if uncertainty:
+            one, zinb = one
+            params.append(zinb)
         pred = one if pred is None else pred + one
     pred /= len(models)
+    spread = (
+        predictive_spread(params, float(np.median([m.preprocessing["median_total"] for m in models])), interval_levels)
+        if uncertainty
+        else {}
+    )
     from st_hist2st import __version__
 
     info = {
@@ -194,6 +225,16 @@ def predict(
         "normalize_over": over,
         "package_version": __version__,
     }
+    if uncertainty:
+        info["uncertainty"] = {
+            "std": f"{key_added}_std",
+            "intervals": {
+                level_name(level): [f"{key_added}_lower{level_name(level)}", f"{key_added}_upper{level_name(level)}"]
+                for level in interval_levels
+            },
+            "median_total": float(np.median([m.preprocessing["median_total"] for m in models])),
+            "source": "ZINB head, spot of median size",
+        }
     if he_only:
         out = AnnData(
             X=pred,
@@ -203,6 +244,8 @@ def predict(
             uns={Key.spatial: adata.uns[Key.spatial]} if Key.spatial in adata.uns else {},
         )
         out.layers[key_added] = pred
+        for suffix, values in spread.items():
+            out.layers[key_added + suffix] = values
         out.uns[key_added] = info
         logger.info("returned a new AnnData with `layers[%r]` for %d genes", key_added, len(model.genes))
         return out
@@ -212,9 +255,28 @@ def predict(
     idx = adata.var_names.get_indexer(model.genes)
     layer[:, idx] = pred
     adata.layers[key_added] = layer
+    for suffix, values in spread.items():
+        full = np.full((adata.n_obs, adata.n_vars), np.nan, dtype=np.float32)
+        full[:, idx] = values
+        adata.layers[key_added + suffix] = full
     adata.uns[key_added] = info
     logger.info("added `adata.layers[%r]` and `adata.uns[%r]`", key_added, key_added)
     return adata if copy else None
+
+
+def level_name(level: float) -> str:
+    """``0.8`` as ``'80'``, ``0.975`` as ``'97.5'``: the suffix of an interval's layers."""
+    return f"{100 * level:g}"
+
+
+def predictive_spread(params: list[np.ndarray], total: float, levels: list[float]) -> dict[str, np.ndarray]:
+    """Layers (by suffix) of the standard deviation and intervals of the models' mixture of ZINB distributions."""
+    stacked = np.stack(params, axis=1)  # (3, n_models, n_obs, n_genes)
+    std, intervals = target_distribution(stacked[0], stacked[1], stacked[2], total, levels)
+    out = {"_std": std}
+    for level, (lower, upper) in intervals.items():
+        out[f"_lower{level_name(level)}"], out[f"_upper{level_name(level)}"] = lower, upper
+    return out
 
 
 def _settings(
