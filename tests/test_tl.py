@@ -394,3 +394,17 @@ def test_fit_and_predict_do_not_import_squidpy(tiny):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_bfloat16_on_a_cpu_that_emulates_it_warns_first(adata, trained, tiny, monkeypatch):
+    import st_hist2st._utils as utils
+
+    monkeypatch.setattr(utils, "cpu_lacks_bfloat16", lambda: True)
+    with pytest.warns(UserWarning, match="precision='32-true'"):
+        hist2st.tl.predict(adata, trained, precision="bf16", device="cpu", copy=True, show_progress_bar=False)
+    with pytest.warns(UserWarning, match="without bfloat16 instructions"):
+        hist2st.tl.fit(adata, "hires", max_epochs=1, precision="bf16-mixed", accelerator="cpu", **tiny)
+    monkeypatch.setattr(utils, "cpu_lacks_bfloat16", lambda: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        hist2st.tl.predict(adata, trained, precision="bf16", device="cpu", copy=True, show_progress_bar=False)

@@ -57,6 +57,7 @@ from st_hist2st._utils import (
     check_precision,
     check_var_names,
     get_libraries,
+    warn_emulated_bfloat16,
 )
 from st_hist2st.nn._module import Architecture, Hist2STModule
 from st_hist2st.nn._numerics import flush_denormals
@@ -183,6 +184,7 @@ class Hist2ST:
                 precision=check_precision(precision),
                 show_progress_bar=show_progress_bar,
             )
+            warn_emulated_bfloat16(trainer.precision, trainer.strategy.root_device.type, stacklevel=4)
             if self.training.step_in_backward:
                 check_step_in_backward(trainer)  # before the patches are cut
             common = {
@@ -358,6 +360,8 @@ class Hist2ST:
             isinstance(window_margin, bool) or int(window_margin) != window_margin or window_margin < 0
         ):
             raise ValueError(f"`window_margin` must be a non-negative number of graph hops, got {window_margin!r}.")
+        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        warn_emulated_bfloat16(precision, device.type, stacklevel=4)
         given = crop_size is not None or crop_microns is not None
         image_key, crop_size, crop_microns = self.prediction_inputs(image_key, crop_size, crop_microns)
         if image_key is None:
@@ -390,7 +394,6 @@ class Hist2ST:
                     section.n_spots,
                     max_spots,
                 )
-        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         out = np.full((adata.n_obs, len(self.genes)), np.nan, dtype=np.float32)
         params = np.full((3, adata.n_obs, len(self.genes)), np.nan) if return_zinb else None
         was_training = self.module.training
