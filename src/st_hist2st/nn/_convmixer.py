@@ -37,9 +37,9 @@ class SectionBatchNorm2d(nn.BatchNorm2d):
         if self.training or not self.section_statistics:
             return super().forward(x)
         if self.record:
-            var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+            var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), unbiased=False)
             self.fixed, self.record = (mean, var), False
-            return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
+            return self.normalise(x, mean, var)
         if self.collect is not None:
             x64 = x.double()
             self.collect[0] += x.shape[0] * x.shape[2] * x.shape[3]
@@ -47,9 +47,14 @@ class SectionBatchNorm2d(nn.BatchNorm2d):
             self.collect[2] = self.collect[2] + x64.square().sum((0, 2, 3))
             raise StatisticsCollected
         if self.fixed is not None:
-            mean, var = self.fixed
-            return F.batch_norm(x, mean.to(x.dtype), var.to(x.dtype), self.weight, self.bias, False, 0.0, self.eps)
-        return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+            return self.normalise(x, *self.fixed)
+        var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), unbiased=False)
+        return self.normalise(x, mean, var)
+
+    def normalise(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        """``x`` normalised by ``mean`` and ``var``, in fp32 (bfloat16 input with fp32 weights fails on a CPU)."""
+        out = F.batch_norm(x.float(), mean.float(), var.float(), self.weight, self.bias, False, 0.0, self.eps)
+        return out.to(x.dtype)
 
 
 def section_statistics_over_chunks(module: nn.Module, encode_chunk, chunks: list) -> None:
