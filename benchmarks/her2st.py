@@ -9,12 +9,15 @@ With ``--nested``, settings are chosen without looking at the held-out section: 
 ``--candidate`` is trained on two of the three training sections and scored on the third (each in turn), the
 candidate with the best mean inner r is trained on all three, and only then scored on the held-out section.
 It prints, per split, each candidate's inner r, the choice, its held-out r (the average of ``--models``
-models), the Spearman correlation between predicted and observed Moran's I over the genes, and two ridge
+models), the Spearman correlation between predicted and observed Moran's I over the genes, for models with
+a ZINB head the coverage of their 80 % and 95 % predictive intervals, with ``--paper-minutes`` the held-out r
+of one ``'paper'`` model trained for 350 epochs or that many minutes, and two ridge
 baselines: colour features at the spot (14: mean and standard deviation per channel, an 8-bin grey
 histogram), and colour with texture (Sobel gradient magnitude mean and standard deviation, variance of the
 Laplacian, fraction of dark pixels) at the spot and on a 4 times wider crop (36 features).
 
-    python benchmarks/her2st.py --nested --candidate fast= "drop=dropout=0.2" --models 3 --precision bf16-mixed
+    python benchmarks/her2st.py --nested --candidate fast= --candidate zinb=zinb=0.25,init_zinb_bias=true \
+        --models 3 --paper-minutes 30 --precision bf16-mixed
 """
 
 from __future__ import annotations
@@ -164,6 +167,12 @@ def main() -> None:
         metavar="NAME=KEY=VALUE,...",
         help="a candidate for --nested: a name and settings on top of --preset and --set ('fast=' alone: none)",
     )
+    parser.add_argument(
+        "--paper-minutes",
+        type=float,
+        default=0,
+        help="with --nested, also train one 'paper' model per split for its 350 epochs or this many minutes",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -249,13 +258,20 @@ def train_models(adata, genes, train, validation, args, settings, minutes, callb
     return models
 
 
-def held_out(adata, genes, models, section) -> tuple[float, float]:
-    """Mean r of the models' averaged prediction on ``section``, and the Spearman of its Moran's I."""
+def held_out(adata, genes, models, section) -> dict[str, float]:
+    """Mean r of the models' averaged prediction on ``section``, the Spearman of its Moran's I and, for models
+    with a ZINB head, the coverage of the 80 % and 95 % predictive intervals."""
     held = adata[adata.obs["library_id"] == section].copy()
-    hist2st.tl.predict(held, models, show_progress_bar=False)
+    uncertainty = all(m.training.zinb > 0 for m in models)
+    hist2st.tl.predict(held, models, uncertainty=uncertainty, show_progress_bar=False)
     hist2st.tl.evaluate(held, genes=genes, copy=False)
     summary = held.uns["hist2st_pearson"]
-    return summary["mean_r"], summary["moran_spearman"]
+    return {k: v for k, v in summary.items() if k in ("mean_r", "moran_spearman", "coverage80", "coverage95")}
+
+
+def paper_args(args) -> argparse.Namespace:
+    """``args`` for one model of the ``'paper'`` preset, trained to its 350 epochs or ``--paper-minutes``."""
+    return argparse.Namespace(**{**vars(args), "preset": "paper", "models": 1, "epochs": None})
 
 
 def nested(adata, genes, sections, args, settings) -> None:
@@ -271,19 +287,25 @@ def nested(adata, genes, sections, args, settings) -> None:
             for validation in train:
                 fit_on = [s for s in train if s != validation]
                 models = train_models(adata, genes, fit_on, validation, args, {**settings, **extra}, args.minutes)
-                scores.append(held_out(adata, genes, models, validation)[0])
+                scores.append(held_out(adata, genes, models, validation)["mean_r"])
             inner[name] = float(np.mean(scores))
             print(
                 f"test {test}: candidate {name!r} inner r {inner[name]:.4f} ({', '.join(f'{x:.4f}' for x in scores)})"
             )
         chosen = max(inner, key=inner.get)
         models = train_models(adata, genes, train, test, args, {**settings, **candidates[chosen]}, args.minutes)
-        r, moran = held_out(adata, genes, models, test)
+        scores = held_out(adata, genes, models, test)
         bases = ridge_baselines(adata, genes, train, test, args.crop_size)
-        rows.append({"test": test, "chosen": chosen, "hist2st": r, "moran_spearman": moran, **bases})
+        row = {"test": test, "chosen": chosen, "hist2st": scores.pop("mean_r"), **scores, **bases}
+        if args.paper_minutes:
+            paper = paper_args(args)
+            model = train_models(adata, genes, train, test, paper, {}, args.paper_minutes)
+            row["paper"] = held_out(adata, genes, model, test)["mean_r"]
+            row["paper_epochs"] = len(model[0].history)
+        rows.append(row)
         print(
-            f"test {test}: chose {chosen!r}; Hist2ST ({len(models)} model(s)) r = {r:.4f}, Moran's I Spearman "
-            f"{moran:.3f}; ridge colour {bases['colour']:.4f}, colour+texture {bases['colour+texture, 2 crops']:.4f}",
+            f"test {test}: "
+            + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
             flush=True,
         )
     table = pd.DataFrame(rows).set_index("test")

@@ -45,8 +45,10 @@ def adata(_synthetic):
 
 @pytest.fixture(scope="session")
 def trained(_synthetic):
-    """A tiny model trained for a few epochs on the synthetic data."""
-    return hist2st.tl.fit(_synthetic, "hires", max_epochs=2, show_progress_bar=False, accelerator="cpu", **TINY)
+    """A tiny model with all of Hist2ST's heads (the paper's preset), trained for two epochs on the synthetic data."""
+    return hist2st.tl.fit(
+        _synthetic, "hires", preset="paper", max_epochs=2, show_progress_bar=False, accelerator="cpu", **TINY
+    )
 
 
 @pytest.fixture(scope="session")

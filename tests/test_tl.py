@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import lightning as L
@@ -253,9 +254,9 @@ def test_heads_are_built_only_for_the_losses_used(tiny):
     assert paper.module.zinb is not None and paper.module.pass_weight is not None
     assert hist2st.Hist2ST(["a", "b"], preset="fast", zinb=0.1, **tiny).module.zinb is not None
     with pytest.raises(ValueError, match="needs `zinb_head=True`"):
-        hist2st.Hist2ST(["a", "b"], zinb_head=False, **tiny)
+        hist2st.Hist2ST(["a", "b"], preset="paper", zinb_head=False, **tiny)
     with pytest.warns(FutureWarning, match="`distillation` is now `distillation_head`"):
-        model = hist2st.Hist2ST(["a", "b"], distillation=False, lamb=0, **tiny)
+        model = hist2st.Hist2ST(["a", "b"], preset="paper", distillation=False, lamb=0, **tiny)
     assert model.module.pass_weight is None
 
 
@@ -298,6 +299,7 @@ def test_ema_decay_returns_the_moving_average_of_the_weights(adata, tiny):
         adata,
         "hires",
         max_epochs=2,
+        preset="paper",  # one step per section and epoch
         learning_rate=1e-2,
         ema_decay=decay,
         show_progress_bar=False,
@@ -325,7 +327,7 @@ def test_fit_trains_the_models_own_weights_and_lets_go_of_gradients(adata, tiny)
         def on_train_batch_start(self, trainer, plan, batch, batch_idx):
             self.held.append(sum(p.grad is not None for p in plan.parameters()))
 
-    model = hist2st.Hist2ST(list(adata.var_names), n_pos=64, gradient_checkpointing=True, **tiny)
+    model = hist2st.Hist2ST(list(adata.var_names), preset="paper", n_pos=64, gradient_checkpointing=True, **tiny)
     weights = model.module.gene_head.linear.weight
     before = weights.detach().clone()
     spy = GradientsAtStepStart()
@@ -357,7 +359,7 @@ def test_step_in_backward_trains_exactly_as_a_step_after_backward(adata, tiny, p
 def test_step_in_backward_refuses_clipping_and_several_processes(adata, tiny):
     with pytest.raises(ValueError, match="pass `gradient_clip=None`"):
         hist2st.Hist2ST(list(adata.var_names), preset="fast", step_in_backward=True, **tiny)
-    model = hist2st.Hist2ST(list(adata.var_names), n_pos=64, step_in_backward=True, **tiny)
+    model = hist2st.Hist2ST(list(adata.var_names), preset="paper", n_pos=64, step_in_backward=True, **tiny)
     with pytest.raises(ValueError, match="one process only"):
         model.fit(adata, "hires", accelerator="cpu", devices=2, strategy="ddp_spawn", show_progress_bar=False)
     # Lightning turns '16-mixed' into 'bf16-mixed' on a CPU, so the fp16 case is checked on a trainer's attributes
@@ -408,3 +410,46 @@ def test_bfloat16_on_a_cpu_that_emulates_it_warns_first(adata, trained, tiny, mo
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         hist2st.tl.predict(adata, trained, precision="bf16", device="cpu", copy=True, show_progress_bar=False)
+
+
+def preset_table() -> dict[str, tuple[object, object]]:
+    """The settings table of the presets in docs/model.md: setting -> (paper's value, fast's value)."""
+    import ast
+    from fractions import Fraction
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "model.md").read_text()
+    section = text[text.index("| setting | `'paper'` | `'fast'` |") :]
+    rows = {}
+    for line in section.splitlines()[2:]:
+        if not line.startswith("| `"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        values = []
+        for cell in cells[1:3]:
+            literal = cell.split("`")[1]
+            values.append(float(Fraction(literal)) if "/" in literal else ast.literal_eval(literal))
+        rows[cells[0].strip("`")] = tuple(values)
+    return rows
+
+
+def test_the_default_preset_is_what_the_docs_list():
+    from dataclasses import asdict
+
+    from st_hist2st.nn._module import Architecture
+    from st_hist2st.nn._training import DEFAULT_PRESET, preset
+
+    assert DEFAULT_PRESET == "fast"
+    assert inspect.signature(hist2st.tl.fit).parameters["preset"].default == DEFAULT_PRESET
+    assert inspect.signature(hist2st.Hist2ST).parameters["preset"].default == DEFAULT_PRESET
+    settings = {}
+    for name in ("paper", "fast"):
+        arch, training = preset(name)
+        settings[name] = {**asdict(Architecture(n_genes=3, **arch)), **asdict(training)}
+    differ = {k for k in settings["paper"] if settings["paper"][k] != settings["fast"][k]}
+    table = preset_table()
+    # the heads follow from the loss weights; every other difference is a row, and every row is right
+    assert set(table) == differ - {"zinb_head", "distillation_head"}
+    for key, (paper, fast) in table.items():
+        assert settings["paper"][key] == pytest.approx(paper) if paper is not None else settings["paper"][key] is None
+        assert settings["fast"][key] == pytest.approx(fast) if fast is not None else settings["fast"][key] is None

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from st_hist2st._constants import DEFAULT_MAX_SPOTS, HER2ST_CROP_SIZE
-from st_hist2st.nn._training import PRESETS, check_settings
+from st_hist2st.nn._training import DEFAULT_PRESET, PRESETS, check_settings
 
 logger = logging.getLogger("st_hist2st")
 
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--seed", type=int, default=0, help="seed of the weights, augmentations and order")
             p.add_argument("--genes", help="file with one gene per line")
             p.add_argument("--crop-size", type=float)
-            p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="named settings")
+            p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="named settings")
             p.add_argument(
                 "--reduced",
                 action="store_true",

@@ -62,7 +62,7 @@ from st_hist2st._utils import (
 from st_hist2st.nn._module import Architecture, Hist2STModule
 from st_hist2st.nn._numerics import flush_denormals
 from st_hist2st.nn._plan import Hist2STPlan, check_step_in_backward
-from st_hist2st.nn._training import Training
+from st_hist2st.nn._training import DEFAULT_PRESET, Training
 from st_hist2st.nn._training import preset as get_preset
 
 logger = logging.getLogger(__name__)
@@ -76,8 +76,8 @@ class Hist2ST:
     genes
         Genes the model predicts, in order.
     preset
-        ``'paper'`` (the published network and training) or ``'fast'`` (generalises to new sections within
-        minutes on a CPU; see :doc:`/model`).
+        ``'fast'`` (the default: generalises to new sections within minutes on a CPU) or ``'paper'`` (the
+        published network and training); see :doc:`/model`.
     seed
         Seed of the initial weights.
     **settings
@@ -91,7 +91,7 @@ class Hist2ST:
     >>> model = hist2st.Hist2ST.load("hist2st_model")  # doctest: +SKIP
     """
 
-    def __init__(self, genes: Sequence[str], *, preset: str = "paper", seed: int = 0, **settings: Any) -> None:
+    def __init__(self, genes: Sequence[str], *, preset: str = DEFAULT_PRESET, seed: int = 0, **settings: Any) -> None:
         genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
         if not genes or len(set(genes)) != len(genes):
             raise ValueError("`genes` must be a non-empty list of distinct gene names.")

@@ -164,6 +164,9 @@ class Training:
 
 TRAINING_FIELDS = frozenset(f.name for f in fields(Training))
 
+#: The preset of :func:`~st_hist2st.tl.fit`, :class:`~st_hist2st.Hist2ST` and ``hist2st fit`` when none is named.
+DEFAULT_PRESET = "fast"
+
 #: Named settings. ``'paper'`` reproduces the published network and training; ``'fast'`` is what generalises to
 #: held-out her2st sections within a CPU budget of minutes (see the documentation page on the model).
 PRESETS: dict[str, dict] = {

@@ -12,6 +12,7 @@ from st_hist2st._data._graph import grid_positions
 from st_hist2st._docs import inject_docs
 from st_hist2st._model import Hist2ST
 from st_hist2st._utils import check_adata, check_var_names, get_libraries, resolve_genes
+from st_hist2st.nn._training import DEFAULT_PRESET
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def fit(
     coordinate_system: str | Mapping[str, str] | None = None,
     layout: str = "auto",
     normalize_over: str = "genes",
-    preset: str = "paper",
+    preset: str = DEFAULT_PRESET,
     max_epochs: int | None = None,
     accelerator: str = "auto",
     devices: int | str | Sequence[int] = "auto",
@@ -89,13 +90,14 @@ def fit(
         ``'all'`` genes of ``adata`` before ``log10(1 + 1e4 * x)``. With one gene, or a few, ``'genes'`` makes
         every target alike; ``fit`` refuses targets that are constant everywhere.
     preset
-        ``'paper'``: the published training (Adam 1e-5, x0.9 every 50 epochs, 350 epochs, raw pixel values).
-        ``'fast'``: the paper's network without the grid-position embedding, with each section's colours
+        ``'fast'`` (the default): the paper's network without the grid-position embedding, with each section's colours
         standardised, BatchNorm at prediction by the predicted section's statistics and dropout 0.4
         (``position_embedding=False``, ``section_norm=True``, ``section_batchnorm=True``, ``dropout=0.4``),
         trained with Adam 1e-4, 5 warm-up epochs and cosine decay over 40 epochs, gradient clipping at 1, no
         ZINB term, no distillation passes, each section 4 times per epoch; it generalises to new sections in
-        minutes on a CPU. See :doc:`/model`.
+        minutes on a CPU. ``'paper'``: the published training (Adam 1e-5, x0.9 every 50 epochs, 350 epochs,
+        raw pixel values, ZINB term and self-distillation), hours on a CPU. See :doc:`/model` (the default was
+        ``'paper'`` before 0.2).
     max_epochs
         Epochs; overrides the preset.
     accelerator, devices, strategy, num_nodes

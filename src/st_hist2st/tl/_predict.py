@@ -89,7 +89,7 @@ def predict(
     test_time_augmentation
         Average the predictions over the 8 rotations by multiples of 90 degrees and mirrors of every patch (a
         tissue section has no orientation). Eight times the work; on the four held-out her2st sections it raised
-        the mean Pearson r of the ``'fast'`` preset by 0.003-0.014 (see :doc:`/model`).
+        the mean Pearson r of the ``'fast'`` preset by 0.003-0.014 on the shared splits (see :doc:`/results`).
     max_spots
         Largest window of spots the network attends over at once. A section with more spots (Visium HD bins,
         pooled cells, a tiled whole slide) is split into overlapping spatial windows: each is a compact block
