@@ -132,6 +132,7 @@ def predict(args: argparse.Namespace) -> int:
         precision=args.precision,
         test_time_augmentation=args.test_time_augmentation,
         max_spots=args.max_spots,
+        uncertainty=args.uncertainty,
         copy=True,
     )
     if output.suffix == ".zarr":
@@ -139,7 +140,8 @@ def predict(args: argparse.Namespace) -> int:
     else:
         result.write_h5ad(output)
     averaged = f", the average of {len(args.model)} models" if len(args.model) > 1 else ""
-    print(f"wrote predictions to {output} (layers['hist2st']{averaged})")
+    spread = ", layers['hist2st_std'] and the 80 % and 95 % intervals" if args.uncertainty else ""
+    print(f"wrote predictions to {output} (layers['hist2st']{averaged}{spread})")
     return 0
 
 
@@ -269,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
                 type=lambda v: None if v.lower() == "none" else int(v),
                 default=DEFAULT_MAX_SPOTS,
                 help=f"spots per window on large sections (default {DEFAULT_MAX_SPOTS}; 'none': whole sections)",
+            )
+            p.add_argument(
+                "--uncertainty",
+                action="store_true",
+                help="also write the predictive standard deviation and intervals (models trained with zinb > 0)",
             )
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
