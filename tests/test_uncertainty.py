@@ -111,3 +111,11 @@ def test_zinb_biases_start_at_the_gene_counts(adata, tiny):
     # one epoch at the paper's learning rate moves the biases by far less than the spread of the gene means
     bias = model.module.zinb.mean.bias.detach().double()
     assert np.corrcoef(bias.numpy(), mean.log().numpy())[0, 1] > 0.99
+
+
+def test_an_ensemble_of_one_model_twice_has_its_uncertainty(adata, trained):
+    one = hist2st.tl.predict(adata, trained, uncertainty=True, copy=True, show_progress_bar=False)
+    two = hist2st.tl.predict(adata, [trained, trained], uncertainty=True, copy=True, show_progress_bar=False)
+    for name in ("hist2st_std", "hist2st_lower80", "hist2st_upper95"):
+        np.testing.assert_allclose(two.layers[name], one.layers[name], rtol=1e-5, atol=1e-6)
+    assert "hist2st_std" not in adata.layers  # copy=True leaves the caller's AnnData alone
