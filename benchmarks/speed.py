@@ -15,6 +15,7 @@ With ``--device cuda`` the throughput, the training steps, prediction and the Vi
     python benchmarks/speed.py            # everything
     python benchmarks/speed.py --only steps predict
     python benchmarks/speed.py --device cuda
+    python benchmarks/speed.py --only steps --precision fp32   # a CPU without bfloat16 instructions
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ ROOT = Path(os.environ.get("HIST2ST_DATA", Path(__file__).resolve().parents[2] /
 CASES = ("throughput", "steps", "predict", "rss", "visium")
 #: Where the throughput, step, prediction and Visium cases run; set by ``--device``.
 DEVICE = torch.device("cpu")
+#: The precisions measured (name, bf16 autocast); ``--precision`` keeps one of them.
+PRECISIONS = (("fp32", False), ("bf16", True))
 
 
 def synchronize() -> None:
@@ -123,11 +126,12 @@ def step_flops(plan, batch) -> float:
 
 
 def throughput() -> dict:
-    peaks = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {name: matmul_gflops(dtypes[name]) for name, _ in PRECISIONS}
     where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(
-        f"matmul throughput on this machine ({where}): fp32 {peaks['fp32']:.0f} GFLOP/s, "
-        f"bf16 {peaks['bf16']:.0f} GFLOP/s"
+        f"matmul throughput on this machine ({where}): "
+        + ", ".join(f"{name} {peak:.0f} GFLOP/s" for name, peak in peaks.items())
     )
     return peaks
 
@@ -140,7 +144,7 @@ def steps(peaks: dict) -> None:
         batch = data[lib]
         n = batch["patches"].shape[0]
         flops = step_flops(plan, batch)
-        for name, bf16 in (("fp32", False), ("bf16", True)):
+        for name, bf16 in PRECISIONS:
             t = step_time(plan, batch, optimizer, bf16)
             print(
                 f"train step {lib} ({n} spots, 5 distillation passes) {name}: {t:.3g} s; {flops / 1e9:.0f} GFLOP "
@@ -151,7 +155,7 @@ def steps(peaks: dict) -> None:
     t_seq = step_time(sequential, data["C3"], seq_opt, False)
     t_bat = step_time(plan, data["C3"], optimizer, False)
     print(f"distillation passes C3 fp32: batched with the clean pass {t_bat:.3g} s, one after the other {t_seq:.3g} s")
-    for name, bf16 in (("fp32", False), ("bf16", True)):
+    for name, bf16 in PRECISIONS:
         total = sum(step_time(plan, b, optimizer, bf16, reps=1) for b in data.values())
         print(
             f"epoch over the four shared sections ({sum(b['patches'].shape[0] for b in data.values())} spots) "
@@ -165,7 +169,7 @@ def predict() -> None:
     net = plan.net.eval()
     batch = data["C3"]
     n = batch["patches"].shape[0]
-    for name, bf16 in (("fp32", False), ("bf16", True)):
+    for name, bf16 in PRECISIONS:
         times = []
         for _ in range(4):
             synchronize()
@@ -278,13 +282,11 @@ def visium() -> None:
             torch.cuda.reset_peak_memory_stats(DEVICE)
         first = step_time(plan, batch, optimizer, False, reps=1, warmup=False)
         if DEVICE.type == "cuda":
-            per_step = {
-                name: step_time(plan, batch, optimizer, bf16, reps=2)
-                for name, bf16 in (("fp32", False), ("bf16", True))
-            }
+            per_step = {name: step_time(plan, batch, optimizer, bf16, reps=2) for name, bf16 in PRECISIONS}
             print(
-                f"{what}, {torch.cuda.get_device_name(DEVICE)}: first step {first:.2f} s, then fp32 "
-                f"{per_step['fp32']:.2f} s, bf16 {per_step['bf16']:.2f} s per step; peak GPU memory "
+                f"{what}, {torch.cuda.get_device_name(DEVICE)}: first step {first:.2f} s, then "
+                + ", ".join(f"{name} {t:.2f} s" for name, t in per_step.items())
+                + " per step; peak GPU memory "
                 f"{torch.cuda.max_memory_allocated(DEVICE) / 1e9:.1f} GB"
             )
         else:
@@ -300,10 +302,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", choices=CASES, default=list(CASES))
     parser.add_argument("--device", default="cpu", help="'cpu' or a CUDA device such as 'cuda' or 'cuda:1'")
+    parser.add_argument(
+        "--precision",
+        choices=("both", "fp32", "bf16"),
+        default="both",
+        help="'fp32' alone on a CPU without bfloat16 instructions, where bf16 is emulated and takes hours",
+    )
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="paper settings", help=argparse.SUPPRESS)
     args = parser.parse_args()
     DEVICE = torch.device(args.device)
+    global PRECISIONS
+    PRECISIONS = tuple(p for p in PRECISIONS if args.precision in ("both", p[0]))
     if DEVICE.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no CUDA GPU here; leave --device out to measure the CPU.")
     warnings.filterwarnings("ignore")
@@ -325,7 +335,7 @@ def main() -> None:
         # each case in its own process, so that peak RSS figures are its own
         variants = RSS_VARIANTS if case == "rss" else {"": ({}, VISIUM_ENV if case == "visium" else {}, False)}
         for label, (_, env, *_) in variants.items():
-            command = [sys.executable, __file__, "--case", case, "--device", args.device]
+            command = [sys.executable, __file__, "--case", case, "--device", args.device, "--precision", args.precision]
             command += ["--variant", label] if label else []
             subprocess.run(command, check=True, env={**os.environ, **env})
 
