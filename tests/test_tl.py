@@ -110,7 +110,7 @@ def test_test_time_augmentation_averages_over_all_eight_views(trained, adata):
 
 
 def test_several_models_give_the_average_of_their_predictions(trained, adata, tiny, tmp_path):
-    other = hist2st.tl.fit(adata, "hires", max_epochs=1, seed=1, show_progress_bar=False, **tiny)
+    other = hist2st.tl.fit(adata, "hires", preset=trained.preset, max_epochs=1, seed=1, show_progress_bar=False, **tiny)
     trained.save(tmp_path / "model")
     ensemble = hist2st.tl.predict(adata, [tmp_path / "model", other], show_progress_bar=False, copy=True)
     expected = (trained.predict(adata, show_progress_bar=False) + other.predict(adata, show_progress_bar=False)) / 2
@@ -119,7 +119,13 @@ def test_several_models_give_the_average_of_their_predictions(trained, adata, ti
     ensemble.write_h5ad(tmp_path / "ensemble.h5ad")  # what it records can be written
     assert ensemble.uns["hist2st"]["architecture"] == trained.architecture.to_dict()
     deeper = hist2st.tl.fit(
-        adata, "hires", crop_size=30.0, max_epochs=1, show_progress_bar=False, **{**tiny, "depth2": 2}
+        adata,
+        "hires",
+        preset=trained.preset,
+        crop_size=30.0,
+        max_epochs=1,
+        show_progress_bar=False,
+        **{**tiny, "depth2": 2},
     )
     mixed = hist2st.tl.predict(adata, [trained, deeper], show_progress_bar=False, copy=True)
     each = mixed.uns["hist2st"]["models"]

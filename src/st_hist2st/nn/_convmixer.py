@@ -48,8 +48,8 @@ class SectionBatchNorm2d(nn.BatchNorm2d):
             raise StatisticsCollected
         if self.fixed is not None:
             return self.normalise(x, *self.fixed)
-        var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), unbiased=False)
-        return self.normalise(x, mean, var)
+        # by the input's own statistics, differentiable through them
+        return F.batch_norm(x.float(), None, None, self.weight, self.bias, True, 0.0, self.eps).to(x.dtype)
 
     def normalise(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
         """``x`` normalised by ``mean`` and ``var``, in fp32 (bfloat16 input with fp32 weights fails on a CPU)."""

@@ -1,0 +1,61 @@
+"""Does a model rank genes by spatial autocorrelation as the measurement does, and what does a trivial ranking get?
+
+For a saved model and a held-out her2st section, prints the Spearman correlation over the model's genes
+between the measured Moran's I and: the Moran's I of the predictions (what ``tl.evaluate`` reports as
+``moran_spearman``); each gene's mean measured expression (a ranking that needs no model: a gene with more
+counts has less sampling noise); and, for a model with a ZINB head, the predicted Moran's I scaled by the
+share of the gene's predicted variance that is signal rather than the head's sampling noise.
+
+    python benchmarks/her2st.py --test C4 --set zinb=0.25 init_zinb_bias=true --out runs/zinb
+    python benchmarks/moran.py runs/zinb/model_C4_seed0 --section C4
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import numpy as np
+from her2st import ROOT
+
+import st_hist2st as hist2st
+from st_hist2st._uncertainty import target_distribution
+from st_hist2st.tl._evaluate import morans_i, observed_targets, rank_correlation, spot_graph
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a saved model folder")
+    parser.add_argument("--section", default="C4", help="held-out her2st section")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    adata = hist2st.datasets.her2st(ROOT)
+    held = adata[adata.obs["library_id"] == args.section].copy()
+    model = hist2st.Hist2ST.load(args.model)
+    zinb = model.training.zinb > 0
+    result = model.predict(held, return_zinb=zinb, show_progress_bar=False)
+    pred, params = result if zinb else (result, None)
+    held.layers["hist2st"] = np.full(held.shape, np.nan, dtype=np.float32)
+    held.layers["hist2st"][:, held.var_names.get_indexer(model.genes)] = pred
+    held.uns["hist2st"] = {"genes": model.genes, "normalize_over": model.preprocessing.get("normalize_over", "genes")}
+    observed = observed_targets(held, "hist2st", model.preprocessing.get("layer"))[model.genes].to_numpy()
+    graph = spot_graph(held, "library_id", "spatial_connectivities", "spatial")
+    measured, predicted = morans_i(graph, observed), morans_i(graph, pred)
+    print(f"{args.section}, {len(model.genes)} genes: Spearman with the measured Moran's I of")
+    print(f"  the predictions' Moran's I: {rank_correlation(predicted, measured):.3f}")
+    print(f"  the mean measured expression: {rank_correlation(observed.mean(0), measured):.3f}")
+    if params is not None:
+        std, _ = target_distribution(*params, model.preprocessing["median_total"], (0.8,))
+        signal, noise = pred.var(0), (std.astype(np.float64) ** 2).mean(0)
+        scaled = predicted * signal / (signal + noise)
+        print(f"  the predictions' Moran's I scaled by their signal share: {rank_correlation(scaled, measured):.3f}")
+    low, mid, high = np.nanpercentile(predicted, [5, 50, 95])
+    mlow, mmid, mhigh = np.nanpercentile(measured, [5, 50, 95])
+    print(
+        f"Moran's I, 5th / 50th / 95th percentile: predicted {low:.3f} / {mid:.3f} / {high:.3f}, "
+        f"measured {mlow:.3f} / {mmid:.3f} / {mhigh:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
