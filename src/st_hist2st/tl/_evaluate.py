@@ -138,6 +138,10 @@ def evaluate(
     ``normalize_over='all'``). A gene constant in a library (in the prediction or the observation) gets NaN
     there; NaNs are counted in the summary, not hidden.
 
+    Where :func:`~st_hist2st.tl.predict` wrote predictive intervals (``uncertainty=True``), their coverage is
+    reported too: the fraction of observed values inside each interval (``coverage80`` for the 80 % one; a
+    calibrated model has about 0.8).
+
     Parameters
     ----------
     adata
@@ -155,9 +159,6 @@ def evaluate(
         on the spot graph, as :func:`squidpy.gr.spatial_autocorr` does), and their Spearman correlation over the
         genes: whether the prediction ranks spatially variable genes as the measurement does.
 
-    Where :func:`~st_hist2st.tl.predict` wrote predictive intervals (``uncertainty=True``), their coverage is
-    reported too: the fraction of observed values inside each interval (``coverage80`` for the 80 % one; a
-    calibrated model has about 0.8).
     connectivity_key
         Key of the spot graph in ``obsp`` for Moran's I; built by the paper's rule when absent.
     spatial_key

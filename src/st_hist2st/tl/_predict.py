@@ -127,9 +127,9 @@ def predict(
     - ``uns[key_added]``: what produced the predictions (genes, image, crop size, libraries, settings, version,
       ``n_models``); averaged models that differ in image, crop size or settings have theirs under
       ``'models'``;
-    - with ``uncertainty=True``, ``layers[f'{key_added}_std']``, the predictive standard deviation, and per level
-      (e.g. 0.8) ``layers[f'{key_added}_lower80']`` and ``layers[f'{key_added}_upper80']``, the ends of the
-      central predictive interval; their names are under ``uns[key_added]['uncertainty']``, which
+    - with ``uncertainty=True``: ``layers[f'{key_added}_std']``, the predictive standard deviation, and for each
+      level, such as 0.8, ``layers[f'{key_added}_lower80']`` and ``layers[f'{key_added}_upper80']``, the ends
+      of the central predictive interval; their names are under ``uns[key_added]['uncertainty']``, which
       :func:`~st_hist2st.tl.evaluate` reads to report the intervals' coverage.
 
     Without genes: a new AnnData with the model's genes as ``var``, the predictions in ``X`` and
