@@ -462,7 +462,7 @@ class Hist2ST:
         if self.module.zinb is None or self.training.zinb <= 0:
             raise ValueError(
                 "This model has no trained ZINB head (it was trained with `zinb=0`), so it gives no predictive "
-                "uncertainty; train one with a ZINB loss (the default preset, or `zinb=` above 0), or pass "
+                "uncertainty; train one with a ZINB loss (e.g. `zinb=0.25, init_zinb_bias=True`), or pass "
                 "`uncertainty=False`."
             )
 

@@ -133,21 +133,18 @@ def _sum_over_counts(
         below += cdf < q
         # the pairs whose tail has closed are taken out every few counts: taking them out copies all the state,
         # and summing on over a closed tail only adds the little mass it holds
-        if count % 8 and count < MAX_COUNT:
-            step = (count + disp) / (count + 1)
-            p = p + torch.log(step) + ratio if logs else p * step * ratio
-            continue
-        done = (cdf >= 1 - TAIL) | (count == MAX_COUNT)
-        if done.any():
-            ids = index[done].numpy()
-            m = cdf[done]
-            std[ids] = (second[done] / m - (first[done] / m) ** 2).clamp_min(0).sqrt().numpy()
-            below_all[:, ids] = below[:, done].numpy()
-            if done.all():
-                break
-            left = ~done
-            index, cdf, first, second, below = index[left], cdf[left], first[left], second[left], below[:, left]
-            p, disp, ratio, keep = p[:, left], disp[:, left], ratio[:, left], keep[:, left]
+        if count % 8 == 0 or count == MAX_COUNT:
+            done = (cdf >= 1 - TAIL) | (count == MAX_COUNT)
+            if done.any():
+                ids = index[done].numpy()
+                m = cdf[done]
+                std[ids] = (second[done] / m - (first[done] / m) ** 2).clamp_min(0).sqrt().numpy()
+                below_all[:, ids] = below[:, done].numpy()
+                if done.all():
+                    break
+                left = ~done
+                index, cdf, first, second, below = index[left], cdf[left], first[left], second[left], below[:, left]
+                p, disp, ratio, keep = p[:, left], disp[:, left], ratio[:, left], keep[:, left]
         step = (count + disp) / (count + 1)
         p = p + torch.log(step) + ratio if logs else p * step * ratio
     return std, np.log10(1 + 1e4 * below_all / total)

@@ -85,10 +85,9 @@ def interval_layers(adata: AnnData, key: str, genes: list[str]) -> dict[str, tup
     record = info.get("uncertainty") if isinstance(info, dict) else None
     if not isinstance(record, dict):
         return {}
-    out = {}
+    out, view = {}, adata[:, genes]
     for name, (lower, upper) in record.get("intervals", {}).items():
         if lower in adata.layers and upper in adata.layers:
-            view = adata[:, genes]
             out[str(name)] = (
                 np.asarray(view.layers[lower], dtype=np.float64),
                 np.asarray(view.layers[upper], dtype=np.float64),

@@ -107,9 +107,10 @@ def predict(
         window estimates attention over the whole section; they are not predicted there. ``0``: each window
         attends to itself alone.
     uncertainty
-        Also write the predictive uncertainty from the model's ZINB head (models trained with a ZINB loss, as
-        the default preset is): the head's count distribution for a spot of median size, carried to the scale
-        of the predictions (:doc:`/uncertainty`). Several models give the mixture of their distributions.
+        Also write the predictive uncertainty from the model's ZINB head (models trained with a ZINB loss,
+        ``zinb`` above 0, as the ``'paper'`` preset is; add ``zinb=0.25, init_zinb_bias=True`` to ``'fast'``):
+        the head's count distribution for a spot of median size, carried to the scale of the predictions
+        (:doc:`/uncertainty`). Several models give the mixture of their distributions.
     interval_levels
         Levels of the central predictive intervals written with ``uncertainty=True``.
     show_progress_bar
@@ -204,11 +205,8 @@ def predict(
             params.append(zinb)
         pred = one if pred is None else pred + one
     pred /= len(models)
-    spread = (
-        predictive_spread(params, float(np.median([m.preprocessing["median_total"] for m in models])), interval_levels)
-        if uncertainty
-        else {}
-    )
+    total = float(np.median([m.preprocessing["median_total"] for m in models])) if uncertainty else None
+    spread = predictive_spread(params, total, interval_levels) if uncertainty else {}
     from st_hist2st import __version__
 
     info = {
@@ -232,7 +230,7 @@ def predict(
                 level_name(level): [f"{key_added}_lower{level_name(level)}", f"{key_added}_upper{level_name(level)}"]
                 for level in interval_levels
             },
-            "median_total": float(np.median([m.preprocessing["median_total"] for m in models])),
+            "median_total": total,
             "source": "ZINB head, spot of median size",
         }
     if he_only:
