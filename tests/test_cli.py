@@ -29,12 +29,14 @@ def test_fit_and_predict_on_h5ad(adata, tmp_path, tiny):
                 "cpu",
                 "--seed",
                 "1",
+                *(arg for key, value in tiny.items() for arg in ("--set", f"{key}={value}")),
             ]
         )
         == 0
     )
     model = hist2st.Hist2ST.load(tmp_path / "m")
     assert model.genes == list(adata.var_names[:4])
+    assert model.architecture.channel == tiny["channel"]
     assert main(["predict", str(path), "--model", str(tmp_path / "m"), "--output", str(tmp_path / "out.h5ad")]) == 0
     out = ad.read_h5ad(tmp_path / "out.h5ad")
     assert out.layers["hist2st"].shape == adata.shape
