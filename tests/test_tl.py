@@ -141,6 +141,25 @@ def test_several_models_give_the_average_of_their_predictions(trained, adata, ti
         hist2st.tl.predict(adata, [], show_progress_bar=False)
 
 
+def test_field_of_view_crops_that_many_spot_diameters_in_fit_and_predict(adata, tiny, tmp_path):
+    common = {"preset": "fast", "max_epochs": 1, "show_progress_bar": False, **tiny}
+    one = hist2st.tl.fit(adata, "hires", field_of_view=1, **common)
+    four = hist2st.tl.fit(adata, "hires", field_of_view=4, **common)
+    assert four.preprocessing["crop_microns"] == pytest.approx(4 * one.preprocessing["crop_microns"])
+    four.save(tmp_path / "four")
+    loaded = hist2st.Hist2ST.load(tmp_path / "four")
+    assert loaded.architecture.field_of_view == 4
+    # prediction crops what the model was trained on: four spot diameters, not the one of the image's default
+    diameter = adata.uns["spatial"]["S0"]["scalefactors"]["spot_diameter_fullres"]
+    predicted = loaded.predict(adata, show_progress_bar=False)
+    np.testing.assert_allclose(predicted, loaded.predict(adata, crop_size=4 * diameter, show_progress_bar=False))
+    assert not np.allclose(predicted, loaded.predict(adata, crop_size=diameter, show_progress_bar=False))
+    with pytest.warns(UserWarning, match=r"`crop_size=30` sets the crop, so `field_of_view=4`.*is not used"):
+        hist2st.tl.fit(adata, "hires", field_of_view=4, crop_size=30, **common)
+    with pytest.raises(ValueError, match="`field_of_view` must be a positive number of spot diameters"):
+        hist2st.Hist2ST(list(adata.var_names), field_of_view=0)
+
+
 def test_same_seed_same_predictions(adata, tiny):
     kwargs = {"max_epochs": 1, "show_progress_bar": False, "accelerator": "cpu", "seed": 3, **tiny}
     a = hist2st.tl.fit(adata, "hires", **kwargs).predict(adata, show_progress_bar=False)

@@ -6,6 +6,7 @@ import gc
 import json
 import logging
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -152,6 +153,15 @@ class Hist2ST:
         settings_before = self.training
         if max_epochs is not None:
             self.training = replace(self.training, max_epochs=int(max_epochs))
+        if self.architecture.field_of_view != 1 and (crop_size is not None or crop_microns is not None):
+            given = f"`crop_size={crop_size}`" if crop_size is not None else f"`crop_microns={crop_microns}`"
+            warnings.warn(
+                f"{given} sets the crop, so `field_of_view={self.architecture.field_of_view:g}` (crops of that many "
+                "spot diameters) is not used. Leave the crop out to see the tissue around each spot, or pass "
+                "`field_of_view=1` to crop exactly as given without this warning.",
+                UserWarning,
+                stacklevel=3,
+            )
         libs = get_libraries(adata, library_key)
         all_libs = list(libs.cat.categories)
         val_libs = (
@@ -199,6 +209,7 @@ class Hist2ST:
                 "crop_microns": crop_microns,
                 "microns_per_pixel": microns_per_pixel,
                 "coordinate_system": coordinate_system,
+                "field_of_view": self.architecture.field_of_view,
                 "n_pos": self.architecture.n_pos if self.architecture.position_embedding else None,
                 "normalize_over": normalize_over,
                 "show_progress_bar": show_progress_bar,
@@ -381,6 +392,7 @@ class Hist2ST:
             coordinate_system=coordinate_system,
             # the model's micrometres on a slide of unknown scale: its pixels, with a warning
             fallback_crop_size=None if given else (self.preprocessing.get("crop_size") or "default"),
+            field_of_view=self.architecture.field_of_view,
             n_pos=self.architecture.n_pos if self.architecture.position_embedding else None,
             hold_patches_up_to=HOLD_PATCHES_UP_TO,
             show_progress_bar=show_progress_bar,

@@ -151,11 +151,12 @@ def resolve_crops(
     layouts: Mapping[str, str] | None = None,
     fallback_crop_size: float | str | None = None,
     coordinate_system: str | Mapping[str, str] | None = None,
+    field_of_view: float = 1.0,
 ) -> dict[str, Crop]:
     """Image, crop side and physical scale of each library, checked before any long work.
 
     The side is ``crop_size`` full-resolution pixels when given, else ``crop_microns`` micrometres at each
-    library's own scale, else the spot diameter. ``layouts`` (``'st'`` or ``'visium'`` per library) give the
+    library's own scale, else ``field_of_view`` spot diameters. ``layouts`` (``'st'`` or ``'visium'`` per library) give the
     platform's spot diameter, from which the scale follows when ``microns_per_pixel`` is not given. A library
     of unknown scale is refused with ``crop_microns``, or, with ``fallback_crop_size`` (a model's training crop
     in pixels, or ``'default'`` for the spot diameter), cropped so with a warning.
@@ -184,7 +185,9 @@ def resolve_crops(
         elif crop_microns is not None:
             if mpp is None and fallback_crop_size is not None:
                 side = (
-                    default_crop_size(diameter, lib) if fallback_crop_size == "default" else float(fallback_crop_size)
+                    field_of_view * default_crop_size(diameter, lib)
+                    if fallback_crop_size == "default"
+                    else float(fallback_crop_size)
                 )
                 warnings.warn(
                     f"Library {lib!r} has no physical scale ({how}), so the model's {crop_microns:.0f} um crops "
@@ -202,7 +205,7 @@ def resolve_crops(
                 )
             side = float(crop_microns) / mpp
         else:
-            side = default_crop_size(diameter, lib)
+            side = field_of_view * default_crop_size(diameter, lib)
         if not side > 0:
             raise ValueError(f"`crop_size` must be positive, got {side}.")
         crops[lib] = Crop(source, side, mpp, how)
@@ -283,6 +286,7 @@ def prepare_sections(
     microns_per_pixel: float | Mapping[str, float] | str | None = None,
     fallback_crop_size: float | str | None = None,
     coordinate_system: str | Mapping[str, str] | None = None,
+    field_of_view: float = 1.0,
     n_pos: int | None = None,
     normalize_over: str = "genes",
     hold_patches_up_to: int | None = None,
@@ -290,7 +294,8 @@ def prepare_sections(
 ) -> list[Section]:
     """Check every input, then build one :class:`Section` per library.
 
-    With ``genes=None`` no expression is read (prediction on H&E only). ``n_pos`` is the size of the model's
+    With ``genes=None`` no expression is read (prediction on H&E only). Without ``crop_size`` or
+    ``crop_microns``, crops are ``field_of_view`` spot diameters wide. ``n_pos`` is the size of the model's
     grid-position embedding, ``None`` for a model without one. ``normalize_over`` divides each spot's counts
     by its total over the model's ``'genes'`` (the paper) or over ``'all'`` genes of ``adata``. A library of
     more than ``hold_patches_up_to`` spots keeps no patches: they are cut when needed
@@ -322,6 +327,7 @@ def prepare_sections(
         layouts=layouts,
         coordinate_system=coordinate_system,
         fallback_crop_size=fallback_crop_size,
+        field_of_view=field_of_view,
     )
     conn = get_connectivities(
         adata,

@@ -29,6 +29,11 @@ class Architecture:
         Genes predicted.
     fig_size
         Side of the input patch in pixels.
+    field_of_view
+        Side of each spot's crop in spot diameters, where :func:`~st_hist2st.tl.fit` is given neither
+        ``crop_size`` nor ``crop_microns``; the crop is resized to ``fig_size`` pixels. ``1`` sees the spot
+        alone, as the paper; ``4`` also the tissue around it, as far as the neighbouring spots, at a quarter of
+        the detail. Prediction crops what the model was trained on, in micrometres where the scale is known.
     patch_size
         Kernel and stride of the patch embedding.
     channel
@@ -82,6 +87,7 @@ class Architecture:
 
     n_genes: int = 785
     fig_size: int = 112
+    field_of_view: float = 1.0
     patch_size: int = 7
     channel: int = 32
     kernel_size: int = 5
@@ -116,6 +122,8 @@ class Architecture:
                 raise ValueError(f"`{name}` must be in [0, 1), got {value}.")
         if self.policy not in ("mean", "max"):
             raise ValueError(f"`policy` must be 'mean' or 'max', got {self.policy!r}.")
+        if not self.field_of_view > 0:
+            raise ValueError(f"`field_of_view` must be a positive number of spot diameters, got {self.field_of_view}.")
         if not self.pixel_scale > 0:
             raise ValueError(f"`pixel_scale` must be positive, got {self.pixel_scale}.")
         if self.dim < 1:

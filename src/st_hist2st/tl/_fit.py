@@ -76,7 +76,8 @@ def fit(
     image
         %(image)s
     crop_size
-        %(crop_size)s Default ``scalefactors['spot_diameter_fullres']`` of each library.
+        %(crop_size)s Default ``field_of_view`` (see :class:`~st_hist2st.nn.Architecture`; 1 in both presets)
+        times ``scalefactors['spot_diameter_fullres']`` of each library.
     crop_microns
         %(crop_microns)s
     microns_per_pixel
