@@ -20,7 +20,8 @@ Laplacian, fraction of dark pixels) at the spot and on a 4 times wider crop (36 
 features on the wider crop alone (which the spot's own features only dilute on these sections).
 
     python benchmarks/her2st.py --nested --candidate fast= --candidate zinb=zinb=0.25,init_zinb_bias=true \
-        --models 3 --paper-minutes 30 --precision bf16-mixed
+        --candidate wide=field_of_view=4,dihedral=true,crop_size=null --models 3 --paper-minutes 30 \
+        --precision bf16-mixed
 """
 
 from __future__ import annotations
