@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import warnings
 
 import lightning as L
@@ -158,6 +159,16 @@ def test_field_of_view_crops_that_many_spot_diameters_in_fit_and_predict(adata, 
         hist2st.tl.fit(adata, "hires", field_of_view=4, crop_size=30, **common)
     with pytest.raises(ValueError, match="`field_of_view` must be a positive number of spot diameters"):
         hist2st.Hist2ST(list(adata.var_names), field_of_view=0)
+    # a model saved before the setting existed crops one spot diameter, as it was trained to
+    one.save(tmp_path / "one")
+    config = json.loads((tmp_path / "one" / "config.json").read_text())
+    del config["architecture"]["field_of_view"]
+    (tmp_path / "one" / "config.json").write_text(json.dumps(config))
+    older = hist2st.Hist2ST.load(tmp_path / "one")
+    assert older.architecture.field_of_view == 1
+    np.testing.assert_array_equal(
+        older.predict(adata, show_progress_bar=False), one.predict(adata, show_progress_bar=False)
+    )
 
 
 def test_same_seed_same_predictions(adata, tiny):

@@ -156,10 +156,11 @@ def resolve_crops(
     """Image, crop side and physical scale of each library, checked before any long work.
 
     The side is ``crop_size`` full-resolution pixels when given, else ``crop_microns`` micrometres at each
-    library's own scale, else ``field_of_view`` spot diameters. ``layouts`` (``'st'`` or ``'visium'`` per library) give the
-    platform's spot diameter, from which the scale follows when ``microns_per_pixel`` is not given. A library
-    of unknown scale is refused with ``crop_microns``, or, with ``fallback_crop_size`` (a model's training crop
-    in pixels, or ``'default'`` for the spot diameter), cropped so with a warning.
+    library's own scale, else ``field_of_view`` spot diameters. ``layouts`` (``'st'`` or ``'visium'`` per
+    library) give the platform's spot diameter, from which the scale follows when ``microns_per_pixel`` is not
+    given. A library of unknown scale is refused with ``crop_microns``, or, with ``fallback_crop_size`` (a
+    model's training crop in pixels, or ``'default'`` for ``field_of_view`` spot diameters), cropped so with a
+    warning.
     """
     if crop_size is not None and crop_microns is not None:
         raise ValueError("Pass `crop_size` (pixels) or `crop_microns` (micrometres), not both.")

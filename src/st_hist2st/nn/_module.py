@@ -29,11 +29,6 @@ class Architecture:
         Genes predicted.
     fig_size
         Side of the input patch in pixels.
-    field_of_view
-        Side of each spot's crop in spot diameters, where :func:`~st_hist2st.tl.fit` is given neither
-        ``crop_size`` nor ``crop_microns``; the crop is resized to ``fig_size`` pixels. ``1`` sees the spot
-        alone, as the paper; ``4`` also the tissue around it, as far as the neighbouring spots, at a quarter of
-        the detail. Prediction crops what the model was trained on, in micrometres where the scale is known.
     patch_size
         Kernel and stride of the patch embedding.
     channel
@@ -83,11 +78,15 @@ class Architecture:
         where each step is one section, instead of by the running averages over the training sections. A
         section stained or scanned unlike the training ones is then normalised like each of them was in
         training (adaptive BatchNorm, Li et al., 2016). The paper predicts with the running averages.
+    field_of_view
+        Side of each spot's crop in spot diameters, where :func:`~st_hist2st.tl.fit` is given neither
+        ``crop_size`` nor ``crop_microns``; the crop is resized to ``fig_size`` pixels. ``1`` sees the spot
+        alone, as the paper; ``4`` also the tissue around it, as far as the neighbouring spots, at a quarter of
+        the detail. Prediction crops what the model was trained on, in micrometres where the scale is known.
     """
 
     n_genes: int = 785
     fig_size: int = 112
-    field_of_view: float = 1.0
     patch_size: int = 7
     channel: int = 32
     kernel_size: int = 5
@@ -106,6 +105,7 @@ class Architecture:
     pixel_scale: float = 1.0
     section_norm: bool = False
     section_batchnorm: bool = False
+    field_of_view: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("n_genes", "fig_size", "patch_size", "channel", "kernel_size", "heads", "dim_head", "n_pos"):
