@@ -27,6 +27,7 @@ features on the wider crop alone (which the spot's own features only dilute on t
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -178,6 +179,15 @@ def main() -> None:
         "crop_size=448 crops wider than --crop-size, which stays the ridge baselines' spot crop",
     )
     parser.add_argument(
+        "--inner-cache",
+        default=None,
+        metavar="DIR",
+        help="with --nested, keep each inner training's scores here and reuse them (runs in parallel may share it)",
+    )
+    parser.add_argument(
+        "--inner-only", action="store_true", help="with --nested, stop after the inner scores and the choices"
+    )
+    parser.add_argument(
         "--paper-minutes",
         type=float,
         default=0,
@@ -292,6 +302,26 @@ def paper_args(args) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), "preset": "paper", "models": 1, "epochs": None})
 
 
+def inner_scores(adata, genes, sections, fit_on, args, settings, cache) -> dict[str, float]:
+    """Mean r on each section outside ``fit_on`` of the models trained on ``fit_on`` (read from ``cache`` if there).
+
+    One training serves two splits: a model trained on two sections is an inner model of both splits that
+    hold out one of the other two, and is scored there on the other one. The choice for a split never reads
+    a score on its held-out section.
+    """
+    key = json.dumps([args.preset, args.epochs, args.precision, args.seed, args.models, settings, sorted(fit_on)])
+    path = Path(cache) / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json" if cache else None
+    if path is not None and path.exists():
+        return json.loads(path.read_text())["scores"]
+    rest = [s for s in sections if s not in fit_on]
+    models = train_models(adata, genes, fit_on, rest[0], args, settings, args.minutes)
+    scores = {section: held_out(adata, genes, models, section)["mean_r"] for section in rest}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, "scores": scores}))
+    return scores
+
+
 def nested(adata, genes, sections, args, settings) -> None:
     """Nested validation: candidates chosen on the training sections alone, reported on the held-out one."""
     candidates = parse_candidates(args.candidate)
@@ -304,13 +334,17 @@ def nested(adata, genes, sections, args, settings) -> None:
             scores = []
             for validation in train:
                 fit_on = [s for s in train if s != validation]
-                models = train_models(adata, genes, fit_on, validation, args, {**settings, **extra}, args.minutes)
-                scores.append(held_out(adata, genes, models, validation)["mean_r"])
+                found = inner_scores(adata, genes, sections, fit_on, args, {**settings, **extra}, args.inner_cache)
+                scores.append(found[validation])
             inner[name] = float(np.mean(scores))
             print(
-                f"test {test}: candidate {name!r} inner r {inner[name]:.4f} ({', '.join(f'{x:.4f}' for x in scores)})"
+                f"test {test}: candidate {name!r} inner r {inner[name]:.4f} ({', '.join(f'{x:.4f}' for x in scores)})",
+                flush=True,
             )
         chosen = max(inner, key=inner.get)
+        if args.inner_only:
+            print(f"test {test}: chosen {chosen!r}", flush=True)
+            continue
         models = train_models(adata, genes, train, test, args, {**settings, **candidates[chosen]}, args.minutes)
         scores = held_out(adata, genes, models, test)
         bases = ridge_baselines(adata, genes, train, test, args.crop_size)
@@ -326,10 +360,11 @@ def nested(adata, genes, sections, args, settings) -> None:
             + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
             flush=True,
         )
-    table = pd.DataFrame(rows).set_index("test")
-    print(table.round(4).to_string())
-    means = table.drop(columns="chosen").mean()
-    print("mean: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
+    if rows:
+        table = pd.DataFrame(rows).set_index("test")
+        print(table.round(4).to_string())
+        means = table.drop(columns="chosen").mean()
+        print("mean: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
 
 
 if __name__ == "__main__":
