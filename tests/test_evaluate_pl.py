@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from anndata import AnnData
-from scipy import stats
+from scipy import sparse, stats
 
 import st_hist2st as hist2st
 from st_hist2st._data._targets import expression_targets
@@ -197,3 +197,28 @@ def test_spatial_pred_shows_several_libraries(predicted):
     with pytest.raises(ValueError, match=r"Unknown `library_id` \['S9'\]"):
         hist2st.pl.spatial_pred(predicted, "gene0", library_id=["S0", "S9"], show=False)
     plt.close("all")
+
+
+def test_morans_i_leaves_torch_threads_as_the_caller_set_them(monkeypatch):
+    # numba's OpenMP layer, started by scanpy's first Moran's I in a process, resets the runtime torch shares
+    import scanpy as sc
+    import torch
+
+    from st_hist2st.tl._evaluate import morans_i
+
+    scanpy_morans_i = sc.metrics.morans_i
+
+    def resets_threads(graph, values):
+        result = scanpy_morans_i(graph, values)
+        torch.set_num_threads(before + 1)
+        return result
+
+    monkeypatch.setattr(sc.metrics, "morans_i", resets_threads)
+    before = torch.get_num_threads()
+    graph = sparse.random(40, 40, density=0.1, format="csr", random_state=0)
+    values = np.random.default_rng(0).normal(size=(40, 3))
+    try:
+        assert np.allclose(morans_i(graph, values), scanpy_morans_i(graph, values.T))
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -178,3 +179,22 @@ def to_dense(matrix: Any) -> np.ndarray:
     if sparse.issparse(matrix):
         matrix = matrix.toarray()
     return np.asarray(matrix, dtype=np.float32)
+
+
+@contextlib.contextmanager
+def torch_threads_kept() -> Iterator[None]:
+    """Restore torch's thread count after the block.
+
+    numba's OpenMP threading layer, started by the first parallel numba call of a process (scanpy's Moran's I),
+    sets the thread count of the OpenMP runtime that torch shares to one per core: without this, a caller
+    who limited torch's threads with ``OMP_NUM_THREADS`` (as job schedulers do) would train on every core
+    from then on, and runs sharing a machine would slow each other down many times over.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

@@ -14,7 +14,7 @@ from st_hist2st._constants import Key
 from st_hist2st._data._graph import get_connectivities
 from st_hist2st._data._targets import expression_targets, get_counts, spot_totals
 from st_hist2st._deprecation import prediction_passed_as_layer, renamed_arguments
-from st_hist2st._utils import check_adata, check_not_view, check_var_names, get_libraries
+from st_hist2st._utils import check_adata, check_not_view, check_var_names, get_libraries, torch_threads_kept
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def morans_i(graph: sparse.spmatrix, values: np.ndarray) -> np.ndarray:
     constant = np.ptp(values, axis=0) == 0
     out = np.full(values.shape[1], np.nan)
     if graph.nnz and (~constant).any():
-        out[~constant] = sc.metrics.morans_i(sparse.csr_matrix(graph), values[:, ~constant].T)
+        with torch_threads_kept():
+            out[~constant] = sc.metrics.morans_i(sparse.csr_matrix(graph), values[:, ~constant].T)
     return out
 
 
