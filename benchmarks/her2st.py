@@ -10,6 +10,10 @@ ZINB term, the coverage of their 80 % and 95 % predictive intervals.
 With ``--nested``, settings are chosen without looking at the held-out section: for each split, every
 ``--candidate`` is trained on two of the three training sections and scored on the third (each in turn), the
 candidate with the best mean inner r is trained on all three, and only then scored on the held-out section.
+A model trained on two sections serves the two splits that hold out one of the other two (each is scored on
+the remaining one there), so each candidate trains once per pair of sections: 6 times for 4 sections, not 12.
+``--inner-cache DIR`` keeps each inner training's scores, so that runs (one per candidate, in parallel) can
+share them and a later run reads them instead of training again; ``--inner-only`` stops after the choices.
 It prints, per split, each candidate's inner r, the choice, its held-out r (the average of ``--models``
 models), the Spearman correlation between predicted and observed Moran's I over the genes, for models with
 a ZINB head the coverage of their 80 % and 95 % predictive intervals, with ``--paper-minutes`` the held-out r
@@ -316,9 +320,13 @@ def inner_scores(adata, genes, sections, fit_on, args, settings, cache) -> dict[
     rest = [s for s in sections if s not in fit_on]
     models = train_models(adata, genes, fit_on, rest[0], args, settings, args.minutes)
     scores = {section: held_out(adata, genes, models, section)["mean_r"] for section in rest}
+    epochs = [len(model.history) for model in models]
+    print(
+        f"inner models on {'+'.join(fit_on)}: {epochs} epochs; " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+    )
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"key": key, "scores": scores}))
+        path.write_text(json.dumps({"key": key, "scores": scores, "epochs": epochs}))
     return scores
 
 
