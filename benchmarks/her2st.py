@@ -306,6 +306,10 @@ def paper_args(args) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), "preset": "paper", "models": 1, "epochs": None})
 
 
+#: Scores of the inner trainings of this run, by their settings and sections (``--inner-cache`` keeps them on disk).
+INNER_SCORES: dict[str, dict[str, float]] = {}
+
+
 def inner_scores(adata, genes, sections, fit_on, args, settings, cache) -> dict[str, float]:
     """Mean r on each section outside ``fit_on`` of the models trained on ``fit_on`` (read from ``cache`` if there).
 
@@ -315,6 +319,8 @@ def inner_scores(adata, genes, sections, fit_on, args, settings, cache) -> dict[
     """
     key = json.dumps([args.preset, args.epochs, args.precision, args.seed, args.models, settings, sorted(fit_on)])
     path = Path(cache) / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json" if cache else None
+    if key in INNER_SCORES:
+        return INNER_SCORES[key]
     if path is not None and path.exists():
         return json.loads(path.read_text())["scores"]
     rest = [s for s in sections if s not in fit_on]
@@ -324,6 +330,7 @@ def inner_scores(adata, genes, sections, fit_on, args, settings, cache) -> dict[
     print(
         f"inner models on {'+'.join(fit_on)}: {epochs} epochs; " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
     )
+    INNER_SCORES[key] = scores
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"key": key, "scores": scores, "epochs": epochs}))
