@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from her2st import ROOT, grey_colour_features, ridge_r, targets, texture_features
+from her2st import ROOT, colour_texture_features, ridge_r, targets
 
 import st_hist2st as hist2st
 
@@ -31,7 +31,7 @@ def main() -> None:
     features = {}
     for side in args.sides:
         patches = hist2st.pp.extract_patches(adata, "fullres", crop_size=side, show_progress_bar=False)
-        features[side] = np.concatenate([grey_colour_features(patches), texture_features(patches)], axis=1)
+        features[side] = colour_texture_features(patches)
     for name, columns in (("colour", slice(0, 14)), ("colour+texture", slice(None))):
         held_out = []
         for test in sections:

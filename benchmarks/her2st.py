@@ -92,6 +92,11 @@ def texture_features(patches: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
+def colour_texture_features(patches: np.ndarray) -> np.ndarray:
+    """18 per patch: :func:`grey_colour_features` and :func:`texture_features`."""
+    return np.concatenate([grey_colour_features(patches), texture_features(patches)], axis=1)
+
+
 def ridge_r(feats, y, tr, te) -> tuple[float, np.ndarray]:
     from sklearn.linear_model import RidgeCV
 
@@ -106,7 +111,7 @@ def ridge_baselines(adata, genes, train, test, crop_size) -> dict[str, float]:
     spot = hist2st.pp.extract_patches(adata, "fullres", crop_size=crop_size, show_progress_bar=False)
     wide = hist2st.pp.extract_patches(adata, "fullres", crop_size=4 * crop_size, show_progress_bar=False)
     colour = grey_colour_features(spot)
-    wide_only = np.concatenate([grey_colour_features(wide), texture_features(wide)], axis=1)
+    wide_only = colour_texture_features(wide)
     both = np.concatenate([colour, texture_features(spot), wide_only], axis=1)
     y = targets(adata, genes)
     tr = adata.obs["library_id"].isin(train).to_numpy()
@@ -319,10 +324,10 @@ def inner_scores(adata, genes, sections, fit_on, args, settings, cache) -> dict[
     """
     key = json.dumps([args.preset, args.epochs, args.precision, args.seed, args.models, settings, sorted(fit_on)])
     path = Path(cache) / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json" if cache else None
+    if key not in INNER_SCORES and path is not None and path.exists():
+        INNER_SCORES[key] = json.loads(path.read_text())["scores"]
     if key in INNER_SCORES:
         return INNER_SCORES[key]
-    if path is not None and path.exists():
-        return json.loads(path.read_text())["scores"]
     rest = [s for s in sections if s not in fit_on]
     models = train_models(adata, genes, fit_on, rest[0], args, settings, args.minutes)
     scores = {section: held_out(adata, genes, models, section)["mean_r"] for section in rest}

@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 import torch
-from her2st import ROOT, grey_colour_features, mean_r, ridge_r, targets, texture_features
+from her2st import ROOT, colour_texture_features, mean_r, ridge_r, targets
 
 import st_hist2st as hist2st
 
@@ -69,7 +69,7 @@ def main() -> None:
         h = np.zeros((adata.n_obs, rep.shape[1]), np.float32) if h is None else h
         h[idx], pred[idx] = rep, out[:, columns]
     patches = hist2st.pp.extract_patches(adata, "fullres", crop_size=args.ridge_crop, show_progress_bar=False)
-    features = np.concatenate([grey_colour_features(patches), texture_features(patches)], axis=1)
+    features = colour_texture_features(patches)
     train, test = library != args.section, library == args.section
     ridge, ridge_pred = ridge_r(features, y, train, test)
     scores = {
