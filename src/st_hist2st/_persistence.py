@@ -215,6 +215,16 @@ CARD_FILE = "README.md"
 HUB_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
 
 
+def crop_description(preprocessing: dict[str, Any], architecture: dict[str, Any]) -> str:
+    """The training crops in words, for a model card: pixels where fixed, else spot diameters and micrometres."""
+    if preprocessing.get("crop_size"):
+        return f"crops of {preprocessing['crop_size']:g} full-resolution pixels"
+    words = f"crops of {architecture.get('field_of_view', 1):g} spot diameter(s)"
+    if preprocessing.get("crop_microns"):
+        words += f" ({preprocessing['crop_microns']:.0f} um)"
+    return words
+
+
 def model_card(config: dict[str, Any], n_parameters: int, notes: dict[str, Any] | None = None) -> str:
     """A Markdown model card: what the model predicts, how it was trained, on what, and what it measured."""
     pre, arch, history = config["preprocessing"], config["architecture"], config.get("history", [])
@@ -238,8 +248,7 @@ def model_card(config: dict[str, Any], n_parameters: int, notes: dict[str, Any] 
         f"| parameters | {n_parameters:,} |",
         f"| network | depth1={arch['depth1']}, depth2={arch['depth2']}, depth3={arch['depth3']}, "
         f"dim_head={arch['dim_head']}, heads={arch['heads']}, position embedding: {arch['position_embedding']} |",
-        f"| image | `{pre.get('image_key')}`, crops of {pre.get('crop_size') or 'spot_diameter_fullres'} "
-        "full-resolution pixels |",
+        f"| image | `{pre.get('image_key')}`, {crop_description(pre, arch)} |",
         f"| targets | log10(1 + 1e4 x counts / total over {'all genes' if pre.get('normalize_over') == 'all' else 'the model genes'}) |",
         f"| trained on | {', '.join(map(str, pre.get('train_libraries', []))) or 'not recorded'} |",
         f"| validated on | {', '.join(map(str, pre.get('validation_libraries', []))) or 'none'} |",
