@@ -448,21 +448,24 @@ def test_bfloat16_on_a_cpu_that_emulates_it_warns_first(adata, trained, tiny, mo
         hist2st.tl.predict(adata, trained, precision="bf16", device="cpu", copy=True, show_progress_bar=False)
 
 
-def preset_table() -> dict[str, tuple[object, object]]:
-    """The settings table of the presets in docs/model.md: setting -> (paper's value, fast's value)."""
+PRESET_NAMES = ("paper", "fast", "wide")
+
+
+def preset_table() -> dict[str, tuple[object, ...]]:
+    """The settings table of the presets in docs/model.md: setting -> its value in each of ``PRESET_NAMES``."""
     import ast
     from fractions import Fraction
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "model.md").read_text()
-    section = text[text.index("| setting | `'paper'` | `'fast'` |") :]
+    section = text[text.index("| setting | " + " | ".join(f"`{name!r}`" for name in PRESET_NAMES) + " |") :]
     rows = {}
     for line in section.splitlines()[2:]:
         if not line.startswith("| `"):
             break
         cells = [c.strip() for c in line.strip("|").split("|")]
         values = []
-        for cell in cells[1:3]:
+        for cell in cells[1 : 1 + len(PRESET_NAMES)]:
             literal = cell.split("`")[1]
             values.append(float(Fraction(literal)) if "/" in literal else ast.literal_eval(literal))
         rows[cells[0].strip("`")] = tuple(values)
@@ -473,19 +476,22 @@ def test_the_default_preset_is_what_the_docs_list():
     from dataclasses import asdict
 
     from st_hist2st.nn._module import Architecture
-    from st_hist2st.nn._training import DEFAULT_PRESET, preset
+    from st_hist2st.nn._training import DEFAULT_PRESET, PRESETS, preset
 
-    assert DEFAULT_PRESET == "fast"
+    assert DEFAULT_PRESET == "wide"
+    assert set(PRESETS) == set(PRESET_NAMES)
     assert inspect.signature(hist2st.tl.fit).parameters["preset"].default == DEFAULT_PRESET
     assert inspect.signature(hist2st.Hist2ST).parameters["preset"].default == DEFAULT_PRESET
     settings = {}
-    for name in ("paper", "fast"):
+    for name in PRESET_NAMES:
         arch, training = preset(name)
         settings[name] = {**asdict(Architecture(n_genes=3, **arch)), **asdict(training)}
-    differ = {k for k in settings["paper"] if settings["paper"][k] != settings["fast"][k]}
+    differ = {k for k in settings["paper"] if len({repr(settings[name][k]) for name in PRESET_NAMES}) > 1}
     table = preset_table()
     # the heads follow from the loss weights; every other difference is a row, and every row is right
     assert set(table) == differ - {"zinb_head", "distillation_head"}
-    for key, (paper, fast) in table.items():
-        assert settings["paper"][key] == pytest.approx(paper) if paper is not None else settings["paper"][key] is None
-        assert settings["fast"][key] == pytest.approx(fast) if fast is not None else settings["fast"][key] is None
+    for key, values in table.items():
+        for name, value in zip(PRESET_NAMES, values, strict=True):
+            assert settings[name][key] is None if value is None else settings[name][key] == pytest.approx(value), (
+                f"{key} of {name!r}"
+            )

@@ -21,8 +21,6 @@ class Key:
 
 #: Side of the square patch the model sees, in pixels (the paper's ``fig_size``).
 PATCH_SIZE: Final = 112
-#: Crop side in full-resolution pixels used by the paper on her2st.
-HER2ST_CROP_SIZE: Final = 112
 #: Fill value for the parts of a patch that fall outside the image (white glass).
 PAD_VALUE: Final = 255
 #: Fraction of padding above which a patch counts as mostly padding.

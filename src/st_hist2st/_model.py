@@ -77,8 +77,9 @@ class Hist2ST:
     genes
         Genes the model predicts, in order.
     preset
-        ``'fast'`` (the default: generalises to new sections within minutes on a CPU) or ``'paper'`` (the
-        published network and training); see :doc:`/model`.
+        ``'wide'`` (the default: ``'fast'`` with a view of four spot diameters around each spot), ``'fast'``
+        (generalises to new sections within minutes on a CPU) or ``'paper'`` (the published network and
+        training); see :doc:`/model`.
     seed
         Seed of the initial weights.
     **settings
@@ -87,7 +88,7 @@ class Hist2ST:
 
     Examples
     --------
-    >>> model = hist2st.tl.fit(adata, "fullres", crop_size=112, max_epochs=50)  # doctest: +SKIP
+    >>> model = hist2st.tl.fit(adata, "fullres", max_epochs=50)  # doctest: +SKIP
     >>> model.save("hist2st_model")  # doctest: +SKIP
     >>> model = hist2st.Hist2ST.load("hist2st_model")  # doctest: +SKIP
     """

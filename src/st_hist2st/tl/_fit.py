@@ -76,8 +76,9 @@ def fit(
     image
         %(image)s
     crop_size
-        %(crop_size)s Default ``field_of_view`` (see :class:`~st_hist2st.nn.Architecture`; 1 in both presets)
-        times ``scalefactors['spot_diameter_fullres']`` of each library.
+        %(crop_size)s Default ``field_of_view`` (see :class:`~st_hist2st.nn.Architecture`; 4 in the default
+        preset, 1 in the others) times ``scalefactors['spot_diameter_fullres']`` of each library. A crop given
+        here replaces the field of view.
     crop_microns
         %(crop_microns)s
     microns_per_pixel
@@ -91,14 +92,17 @@ def fit(
         ``'all'`` genes of ``adata`` before ``log10(1 + 1e4 * x)``. With one gene, or a few, ``'genes'`` makes
         every target alike; ``fit`` refuses targets that are constant everywhere.
     preset
-        ``'fast'`` (the default): the paper's network without the grid-position embedding, with each section's colours
+        ``'wide'`` (the default): ``'fast'`` with crops of four spot diameters (``field_of_view=4``, resized to
+        the same 112 pixels: the spot and the tissue around it, as far as its neighbours) shown in random
+        rotations and mirrors (``dihedral=True``); nested validation on her2st chose it over ``'fast'``.
+        ``'fast'``: the paper's network without the grid-position embedding, with each section's colours
         standardised, BatchNorm at prediction by the predicted section's statistics and dropout 0.4
         (``position_embedding=False``, ``section_norm=True``, ``section_batchnorm=True``, ``dropout=0.4``),
         trained with Adam 1e-4, 5 warm-up epochs and cosine decay over 40 epochs, gradient clipping at 1, no
         ZINB term, no distillation passes, each section 4 times per epoch; it generalises to new sections in
         minutes on a CPU. ``'paper'``: the published training (Adam 1e-5, x0.9 every 50 epochs, 350 epochs,
-        raw pixel values, ZINB term and self-distillation), hours on a CPU. See :doc:`/model` (the default was
-        ``'paper'`` before 0.2).
+        raw pixel values, ZINB term and self-distillation), hours on a CPU. See :doc:`/model` (earlier defaults:
+        ``'paper'``, then ``'fast'``).
     max_epochs
         Epochs; overrides the preset.
     accelerator, devices, strategy, num_nodes
