@@ -7,6 +7,9 @@ ZINB term, the coverage of their 80 % and 95 % predictive intervals.
 
     python benchmarks/her2st.py --test C3 --minutes 30 --preset fast
 
+The models crop the paper's 112 pixels around each spot (``--crop-size``), except where the preset (``'wide'``,
+the package's default) or ``--set`` gives a ``field_of_view``: then they crop that many spot diameters.
+
 With ``--nested``, settings are chosen without looking at the held-out section: for each split, every
 ``--candidate`` is trained on two of the three training sections and scored on the third (each in turn), the
 candidate with the best mean inner r is trained on all three, and only then scored on the held-out section.
@@ -45,8 +48,11 @@ import pandas as pd
 import st_hist2st as hist2st
 from st_hist2st._data._targets import expression_targets
 from st_hist2st.nn._plan import pearson_per_gene
+from st_hist2st.nn._training import preset
 
 ROOT = Path(os.environ.get("HIST2ST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "her2st"))
+#: The paper's crop on her2st, in full-resolution pixels: the ridge baselines' spot crop.
+PAPER_CROP = 112.0
 
 
 def colour_features(patches: np.ndarray) -> np.ndarray:
@@ -162,7 +168,13 @@ def main() -> None:
     parser.add_argument(
         "--epochs", type=int, default=None, help="epochs of the learning-rate schedule (default: the preset's)"
     )
-    parser.add_argument("--crop-size", type=float, default=112)
+    parser.add_argument(
+        "--crop-size",
+        type=float,
+        default=None,
+        help="the spot crop in full-resolution pixels of the ridge baselines and, unless the preset or --set sets "
+        f"a field_of_view, of the models (default {PAPER_CROP:g}, the paper's)",
+    )
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the order of sections")
     parser.add_argument("--set", nargs="*", default=[], help="model settings, e.g. learning_rate=3e-4 bake=1")
@@ -225,7 +237,7 @@ def main() -> None:
         held = adata[adata.obs["library_id"] == test].copy()
         observed = targets(held, genes)
         columns = held.var_names.get_indexer(genes)
-        base = ridge_baseline(adata, genes, train, test, args.crop_size)
+        base = ridge_baseline(adata, genes, train, test, args.crop_size or PAPER_CROP)
         print(f"test {test}: ridge on colour features {base:.4f}; {len(models)} model(s) in {minutes:.1f} min")
         for tta in (False, True):
             views = "8 views" if tta else "plain"
@@ -264,11 +276,22 @@ def parse_candidates(specs: list[str]) -> dict[str, dict]:
     return candidates
 
 
+def model_crop(args, settings: dict) -> float | None:
+    """The models' crop side: ``crop_size`` of the settings (which they lose), else ``--crop-size``, else none
+    where the preset or the settings give a field of view (crops of that many spot diameters), else the paper's."""
+    if "crop_size" in settings:
+        return settings.pop("crop_size")
+    if args.crop_size is not None:
+        return args.crop_size
+    arch, _ = preset(args.preset, **settings)
+    return None if arch.get("field_of_view", 1) != 1 else PAPER_CROP
+
+
 def train_models(adata, genes, train, validation, args, settings, minutes, callbacks=()) -> list:
     """``--models`` models (seeds ``--seed``, ``--seed`` + 1, ...) on ``train`` within ``minutes``."""
     models, t0 = [], time.perf_counter()
     settings = dict(settings)
-    crop_size = settings.pop("crop_size", args.crop_size)  # a candidate may crop wider than --crop-size
+    crop_size = model_crop(args, settings)
     for k in range(args.models):
         left = minutes - (time.perf_counter() - t0) / 60
         keep = adata.obs["library_id"].isin([*train, validation]).to_numpy()
@@ -367,7 +390,7 @@ def nested(adata, genes, sections, args, settings) -> None:
             continue
         models = train_models(adata, genes, train, test, args, {**settings, **candidates[chosen]}, args.minutes)
         scores = held_out(adata, genes, models, test)
-        bases = ridge_baselines(adata, genes, train, test, args.crop_size)
+        bases = ridge_baselines(adata, genes, train, test, args.crop_size or PAPER_CROP)
         row = {"test": test, "chosen": chosen, "hist2st": scores.pop("mean_r"), **scores, **bases}
         if args.paper_minutes:
             paper = paper_args(args)
