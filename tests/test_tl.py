@@ -147,6 +147,9 @@ def test_field_of_view_crops_that_many_spot_diameters_in_fit_and_predict(adata, 
     one = hist2st.tl.fit(adata, "hires", field_of_view=1, **common)
     four = hist2st.tl.fit(adata, "hires", field_of_view=4, **common)
     assert four.preprocessing["crop_microns"] == pytest.approx(4 * one.preprocessing["crop_microns"])
+    default = hist2st.tl.fit(adata, "hires", max_epochs=1, show_progress_bar=False, **tiny)
+    assert default.preset == "wide" and default.training.dihedral
+    assert default.preprocessing["crop_microns"] == pytest.approx(4 * one.preprocessing["crop_microns"])
     four.save(tmp_path / "four")
     loaded = hist2st.Hist2ST.load(tmp_path / "four")
     assert loaded.architecture.field_of_view == 4
