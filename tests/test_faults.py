@@ -104,8 +104,11 @@ def test_fit_refuses_bad_input_before_training(case, adata, tiny, no_training):
     if mutate is not None:
         mutate(adata)
     kwargs = {**tiny, **FAST, "max_epochs": 1, **kwargs}
-    with pytest.raises(error, match=match):
+    with pytest.raises(error, match=match), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         hist2st.tl.fit(adata, kwargs.pop("image_key", "hires"), **kwargs)
+    # the error alone: no warning about a crop that is then refused
+    assert not [w for w in caught if "sets the crop" in str(w.message)]
 
 
 def test_no_spots_are_refused(adata):

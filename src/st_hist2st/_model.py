@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import numbers
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -154,7 +155,8 @@ class Hist2ST:
         settings_before = self.training
         if max_epochs is not None:
             self.training = replace(self.training, max_epochs=int(max_epochs))
-        if self.architecture.field_of_view != 1 and (crop_size is not None or crop_microns is not None):
+        crop = crop_size if crop_size is not None else crop_microns
+        if self.architecture.field_of_view != 1 and isinstance(crop, numbers.Real) and crop > 0:  # else refused below
             given = f"`crop_size={crop_size}`" if crop_size is not None else f"`crop_microns={crop_microns}`"
             warnings.warn(
                 f"{given} sets the crop, so `field_of_view={self.architecture.field_of_view:g}` (crops of that many "
