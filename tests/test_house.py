@@ -90,7 +90,7 @@ def test_pretrained_folder_with_a_model_card(trained, adata, tmp_path):
     card = (folder / "README.md").read_text()
     assert "library_name: st-hist2st" in card
     assert f"Predicts {len(trained.genes)} genes" in card and "`paper`" in card and "| 0.8 |" in card
-    assert "crops of 1 spot diameter(s)" in card  # the fixture crops the default field of view
+    assert f"crops of {trained.preprocessing['crop_microns']:.0f} um" in card  # the fixture's scale is known
     loaded = hist2st.Hist2ST.from_pretrained(folder)
     np.testing.assert_array_equal(
         loaded.predict(adata, show_progress_bar=False), trained.predict(adata, show_progress_bar=False)
@@ -101,8 +101,10 @@ def test_model_card_names_the_crops_the_model_was_trained_on():
     from st_hist2st._persistence import crop_description
 
     assert crop_description({"crop_size": 112.0}, {"field_of_view": 4.0}) == "crops of 112 full-resolution pixels"
-    wide = crop_description({"crop_size": None, "crop_microns": 400.2}, {"field_of_view": 4.0})
-    assert wide == "crops of 4 spot diameter(s) (400 um)"
+    # 400 um from the field of view or from `crop_microns=400`, which replaces it: the card cannot tell, nor need to
+    assert crop_description({"crop_size": None, "crop_microns": 400.2}, {"field_of_view": 4.0}) == "crops of 400 um"
+    unknown_scale = crop_description({"crop_size": None, "crop_microns": None}, {"field_of_view": 4.0})
+    assert unknown_scale == "crops of 4 spot diameter(s)"
     assert crop_description({}, {}) == "crops of 1 spot diameter(s)"  # folders written before field_of_view
 
 

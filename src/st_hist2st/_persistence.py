@@ -216,13 +216,16 @@ HUB_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
 
 
 def crop_description(preprocessing: dict[str, Any], architecture: dict[str, Any]) -> str:
-    """The training crops in words, for a model card: pixels where fixed, else spot diameters and micrometres."""
+    """The training crops in words, for a model card.
+
+    Pixels where fixed, else micrometres where the scale was known (whether ``crop_microns`` or the field of view
+    set them), else the field of view in spot diameters.
+    """
     if preprocessing.get("crop_size"):
         return f"crops of {preprocessing['crop_size']:g} full-resolution pixels"
-    words = f"crops of {architecture.get('field_of_view', 1):g} spot diameter(s)"
     if preprocessing.get("crop_microns"):
-        words += f" ({preprocessing['crop_microns']:.0f} um)"
-    return words
+        return f"crops of {preprocessing['crop_microns']:.0f} um"
+    return f"crops of {architecture.get('field_of_view', 1):g} spot diameter(s)"
 
 
 def model_card(config: dict[str, Any], n_parameters: int, notes: dict[str, Any] | None = None) -> str:
