@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from st_hist2st._data._windows import DEFAULT_MAX_SPOTS, plan_windows, window_edges
 from st_hist2st.nn._augment import dihedral
+from st_hist2st.nn._colour_ridge import FEATURE_NAMES, patch_features
 from st_hist2st.nn._convmixer import release_section_statistics, section_statistics_in_one_pass
 from st_hist2st.nn._module import Hist2STModule, section_channel_statistics
 
@@ -105,6 +106,7 @@ def predict_windows(
     window_context: int = DEFAULT_WINDOW_CONTEXT,
     progress: tqdm | None = None,
     zinb: bool = False,
+    colour_ridge: bool = True,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """``(n_spots, n_genes)`` predictions of ``module`` (in eval mode, on ``device``) for one section.
 
@@ -131,6 +133,8 @@ def predict_windows(
     zinb
         Also return the ZINB head's mean, dispersion and dropout probability, ``(3, n_spots, n_genes)`` (each
         averaged over the views).
+    colour_ridge
+        Blend in the module's fitted colour ridge (``Architecture.colour_ridge``); ``False``: the network alone.
     """
     if zinb and module.zinb is None:
         raise ValueError("The model has no ZINB head (it was built with `zinb_head=False`).")
@@ -146,6 +150,10 @@ def predict_windows(
     total = np.zeros((n, module.arch.n_genes), dtype=np.float32)
     params = np.zeros((3, n, module.arch.n_genes), dtype=np.float64) if zinb else None
     chunk = module.encoder_chunk
+    ridge = module.colour_ridge if colour_ridge and module.colour_ridge is not None else None
+    if ridge is not None and not ridge.is_fitted:
+        ridge = None  # during the network's training, before the ridge is fitted
+    features = torch.empty((n, len(FEATURE_NAMES)), device=device) if ridge is not None else None
     # no autocast context for '32-true': inside a bf16 Lightning validation it would turn the caller's off
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext()
     with torch.inference_mode(), autocast:
@@ -153,9 +161,10 @@ def predict_windows(
             tokens = torch.empty((n, module.arch.dim), device=device)
             with section_statistics(module, dihedral(patches_of(sample).to(device), symmetry)) as channel:
                 for part in np.array_split(order, max(1, -(-n // chunk))):
-                    encoded = module.encode_patches(
-                        dihedral(patches_of(part).to(device), symmetry), expanded(channel, len(part))
-                    )
+                    patches = patches_of(part).to(device)
+                    if features is not None and symmetry == 0:  # the same in every view
+                        features[torch.as_tensor(part, device=device)] = patch_features(patches)
+                    encoded = module.encode_patches(dihedral(patches, symmetry), expanded(channel, len(part)))
                     tokens[torch.as_tensor(part, device=device)] = encoded.float()
                     if progress is not None:
                         progress.update(len(part))
@@ -186,6 +195,11 @@ def predict_windows(
                         heads = module.zinb(h[0, core].float())
                     for k, value in enumerate(heads):
                         params[k, window.members[window.core]] += value.double().cpu().numpy()
+    total /= len(views)
+    if ridge is not None:
+        weight = module.arch.colour_ridge
+        with torch.inference_mode():
+            total = (1 - weight) * total + weight * ridge(features).cpu().numpy()
     if params is not None:
-        return total / len(views), params / len(views)
-    return total / len(views)
+        return total, params / len(views)
+    return total

@@ -61,6 +61,7 @@ from st_hist2st._utils import (
     get_libraries,
     warn_emulated_bfloat16,
 )
+from st_hist2st.nn._colour_ridge import ColourRidge, patch_features
 from st_hist2st.nn._module import Architecture, Hist2STModule
 from st_hist2st.nn._numerics import flush_denormals
 from st_hist2st.nn._plan import Hist2STPlan, check_step_in_backward
@@ -276,6 +277,8 @@ class Hist2ST:
                 finally:
                     plan.remove_step_hooks()
             history = json.loads(Path(history_path).read_text()) if Path(history_path).exists() else plan.history
+            if self.module.colour_ridge is not None:
+                fit_colour_ridge(self.module.colour_ridge, train, show_progress_bar)
         # the optimiser's state (twice the weights) and the gradients go now, not at some later collection
         del trainer, plan, previous
         gc.collect()
@@ -615,6 +618,20 @@ def log_training_windows(sections: Sequence[Section], max_spots: int | None) -> 
                 max_spots,
                 max_spots,
             )
+
+
+def fit_colour_ridge(ridge: ColourRidge, sections: Sequence[Section], show_progress_bar: bool = True) -> None:
+    """Fit ``ridge`` on the patch features and targets of every spot of the training ``sections``."""
+    features = []
+    with tqdm(
+        total=sum(s.n_spots for s in sections), desc="colour ridge", unit="spot", disable=not show_progress_bar
+    ) as progress:
+        for section in sections:
+            for part in np.array_split(np.arange(section.n_spots), max(1, -(-section.n_spots // 1024))):
+                features.append(patch_features(section.patches_of(part)))
+                progress.update(len(part))
+    ridge.fit(torch.cat(features), torch.cat([s.targets for s in sections]))
+    logger.info("fitted the colour ridge on %d spots (penalty %g)", len(torch.cat(features)), float(ridge.alpha))
 
 
 def resolve_model(model: Hist2ST | str | Path) -> Hist2ST:

@@ -7,6 +7,7 @@ private submodules.
 """
 
 from st_hist2st.nn._augment import random_stain_jitter
+from st_hist2st.nn._colour_ridge import ColourRidge, patch_features
 from st_hist2st.nn._losses import correlation_loss
 from st_hist2st.nn._module import Architecture, Hist2STModule, Hist2STOutput
 from st_hist2st.nn._plan import Hist2STPlan
@@ -15,10 +16,12 @@ from st_hist2st.nn._training import PRESETS, Training
 __all__ = [
     "PRESETS",
     "Architecture",
+    "ColourRidge",
     "Hist2STModule",
     "Hist2STOutput",
     "Hist2STPlan",
     "Training",
     "correlation_loss",
+    "patch_features",
     "random_stain_jitter",
 ]

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from st_hist2st.nn._augment import SectionAugment
+from st_hist2st.nn._colour_ridge import ColourRidge
 from st_hist2st.nn._convmixer import (
     PatchEncoder,
     SectionBatchNorm2d,
@@ -83,6 +84,11 @@ class Architecture:
         ``crop_size`` nor ``crop_microns``; the crop is resized to ``fig_size`` pixels. ``1`` sees the spot
         alone, as the paper; ``4`` also the tissue around it, as far as the neighbouring spots, at a quarter of
         the detail. Prediction crops what the model was trained on, in micrometres where the scale is known.
+    colour_ridge
+        Weight of a ridge regression on 18 colour and texture features of each spot's patch
+        (:class:`~st_hist2st.nn.ColourRidge`) in the predictions, ``(1 - w) * network + w * ridge``. The ridge
+        is fitted in closed form on the training spots after the network has trained, and does not change how
+        the network trains; ``0`` predicts with the network alone, as the paper.
     """
 
     n_genes: int = 785
@@ -106,6 +112,7 @@ class Architecture:
     section_norm: bool = False
     section_batchnorm: bool = False
     field_of_view: float = 1.0
+    colour_ridge: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("n_genes", "fig_size", "patch_size", "channel", "kernel_size", "heads", "dim_head", "n_pos"):
@@ -124,6 +131,8 @@ class Architecture:
             raise ValueError(f"`policy` must be 'mean' or 'max', got {self.policy!r}.")
         if not self.field_of_view > 0:
             raise ValueError(f"`field_of_view` must be a positive number of spot diameters, got {self.field_of_view}.")
+        if not 0 <= self.colour_ridge <= 1:
+            raise ValueError(f"`colour_ridge` is a weight in [0, 1], got {self.colour_ridge}.")
         if not self.pixel_scale > 0:
             raise ValueError(f"`pixel_scale` must be positive, got {self.pixel_scale}.")
         if self.dim < 1:
@@ -216,6 +225,7 @@ class Hist2STModule(nn.Module):
         self.zinb = ZINBHead(dim, arch.n_genes) if arch.zinb_head else None
         self.pass_weight = PassWeight(dim) if arch.distillation_head else None
         self.gene_head = ExpressionHead(dim, arch.n_genes)
+        self.colour_ridge = ColourRidge(arch.n_genes) if arch.colour_ridge > 0 else None
         self.augment = SectionAugment()
         #: Patches encoded at once at prediction (about 0.33 GB of activations for the default network). The
         #: section's statistics are taken first (``section_batchnorm``: in one pass over up to 2,048 patches).

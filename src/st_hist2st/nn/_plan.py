@@ -237,6 +237,7 @@ class Hist2STPlan(L.LightningModule):
             self.device,
             precision=precision,
             max_spots=self.settings.max_spots,
+            colour_ridge=False,  # fitted after the network; the history follows the network alone
         )
         pred = torch.from_numpy(pred).to(batch["targets"].device)
         r = pearson_per_gene(pred, batch["targets"])

@@ -110,7 +110,8 @@ def predict(
         Also write the predictive uncertainty from the model's ZINB head (models trained with a ZINB loss,
         ``zinb`` above 0, as the ``'paper'`` preset is; add ``zinb=0.25, init_zinb_bias=True`` to ``'fast'``):
         the head's count distribution for a spot of median size, carried to the scale of the predictions
-        (:doc:`/uncertainty`). Several models give the mixture of their distributions.
+        (:doc:`/uncertainty`). Several models give the mixture of their distributions. A model's colour ridge
+        (``colour_ridge``) moves the predictions but does not enter these intervals.
     interval_levels
         Levels of the central predictive intervals written with ``uncertainty=True``.
     show_progress_bar

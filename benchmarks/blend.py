@@ -1,0 +1,154 @@
+"""Nested choice of the colour ridge's weight (``colour_ridge``) for trained Hist2ST models of the her2st sections.
+
+``--train`` trains, for the four shared sections, one model on each pair of sections (the inner models of
+nested validation: a model trained on two sections serves the two splits that hold out one of the other two)
+and one on each three (the outer models), all with the same preset and seed, and saves them under ``--out``
+(``--part K/N`` trains every N-th of the ten, from the K-th, so that N runs share the work).
+
+Without ``--train``, every saved model under ``--out`` gets a :class:`~st_hist2st.nn.ColourRidge` fitted on
+the sections it was trained on, as :func:`st_hist2st.tl.fit` fits it with ``colour_ridge`` above 0 (the
+network is the same: the ridge is fitted after it and never changes its training), and is scored with each
+``--weights`` on the sections it was not trained on. Then, for each held-out section, the weight is chosen by
+the inner models' mean r on the other three sections (each scored by the model trained on the other two)
+and reported on the held-out section with the outer model; also the Spearman correlation between predicted
+and observed Moran's I over the genes.
+
+    python benchmarks/blend.py --train --preset wide --out runs/blend --part 0/2 &
+    python benchmarks/blend.py --train --preset wide --out runs/blend --part 1/2
+    python benchmarks/blend.py --out runs/blend --weights 0 0.25 0.5 0.75 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from her2st import ROOT, held_out, train_models
+
+import st_hist2st as hist2st
+from st_hist2st._data._section import prepare_sections
+from st_hist2st._model import fit_colour_ridge
+from st_hist2st.nn import Hist2STModule
+
+
+def train(adata, genes, sections, args) -> None:
+    """The inner (pairs) and outer (all but one) models, every ``N``-th from the ``K``-th of ``--part K/N``."""
+    k, n = (int(x) for x in args.part.split("/"))
+    jobs = [(list(pair), [s for s in sections if s not in pair][0]) for pair in itertools.combinations(sections, 2)]
+    jobs += [([s for s in sections if s != test], test) for test in sections]
+    settings = argparse.Namespace(
+        preset=args.preset, crop_size=None, models=1, epochs=None, precision=args.precision, seed=args.seed
+    )
+    for fit_on, validation in jobs[k::n]:
+        path = Path(args.out) / "+".join(fit_on)
+        if path.exists():
+            continue
+        t0 = time.perf_counter()
+        model = train_models(adata, genes, fit_on, validation, settings, {}, args.minutes)[0]
+        model.save(path)
+        print(f"{path}: {len(model.history)} epochs in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+
+
+def with_colour_ridge(path: Path, ridge_state: dict, weight: float) -> hist2st.Hist2ST:
+    """The model saved at ``path``, its predictions blending in the colour ridge ``ridge_state`` with ``weight``."""
+    model = hist2st.Hist2ST.load(path)
+    model.architecture = replace(model.architecture, colour_ridge=weight)
+    network = model.module.state_dict()
+    model.module = Hist2STModule(model.architecture)
+    model.module.load_state_dict(network, strict=False)
+    if model.module.colour_ridge is not None:
+        model.module.colour_ridge.load_state_dict(ridge_state)
+    return model
+
+
+def fitted_ridge_state(model: hist2st.Hist2ST, adata) -> dict:
+    """The state of a colour ridge fitted on the sections ``model`` was trained on, cut as
+    :meth:`~st_hist2st.Hist2ST.predict` cuts them (the model's micrometres)."""
+    image_key, crop_size, crop_microns = model.prediction_inputs()
+    sections = prepare_sections(
+        adata,
+        image_key,
+        genes=model.genes,
+        library_key="library_id",
+        libraries=model.preprocessing["train_libraries"],
+        layout=model.preprocessing.get("layout", "auto"),
+        crop_size=crop_size,
+        crop_microns=crop_microns,
+        field_of_view=model.architecture.field_of_view,
+        normalize_over=model.preprocessing.get("normalize_over", "genes"),
+        show_progress_bar=False,
+    )
+    ridge = hist2st.nn.ColourRidge(len(model.genes))
+    fit_colour_ridge(ridge, sections, show_progress_bar=False)
+    return ridge.state_dict()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder of the saved models")
+    parser.add_argument("--train", action="store_true", help="train the models instead of scoring them")
+    parser.add_argument("--part", default="0/1", help="with --train: K/N trains every N-th model from the K-th")
+    parser.add_argument("--preset", default="wide")
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--minutes", type=float, default=45.0, help="training time budget per model")
+    parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    genes = (ROOT / "genes_785.txt").read_text().split()
+    adata = hist2st.datasets.her2st(ROOT)
+    sections = list(adata.obs["library_id"].cat.categories)
+    if args.train:
+        train(adata, genes, sections, args)
+        return
+    scores = {}  # (trained on, scored on, weight) -> held_out figures
+    for path in sorted(p for p in Path(args.out).iterdir() if (p / "config.json").exists()):
+        model = hist2st.Hist2ST.load(path)
+        trained_on = tuple(sorted(model.preprocessing["train_libraries"]))
+        ridge_state = fitted_ridge_state(model, adata)
+        for weight in args.weights:
+            blended = with_colour_ridge(path, ridge_state, weight)
+            for section in (s for s in sections if s not in trained_on):
+                found = scores[trained_on, section, weight] = held_out(adata, blended.genes, [blended], section)
+                print(f"{path.name} on {section}, weight {weight:g}: mean r {found['mean_r']:.4f}", flush=True)
+    rows = []
+    for test in sections:
+        train_on = [s for s in sections if s != test]
+        needed = [(tuple(train_on), test)] + [(tuple(sorted(set(train_on) - {v})), v) for v in train_on]
+        if any((*key, w) not in scores for key in needed for w in args.weights):
+            print(f"test {test}: skipped, its outer or inner models are not all under --out", flush=True)
+            continue
+        inner = {
+            w: np.mean([scores[tuple(sorted(set(train_on) - {v})), v, w]["mean_r"] for v in train_on])
+            for w in args.weights
+        }
+        chosen = max(inner, key=inner.get)
+        outer = {w: scores[tuple(train_on), test, w] for w in args.weights}
+        print(f"test {test}: inner r by weight " + ", ".join(f"{w:g} {r:.4f}" for w, r in inner.items()), flush=True)
+        rows.append(
+            {
+                "test": test,
+                "chosen": chosen,
+                "hist2st": outer[0.0]["mean_r"] if 0.0 in outer else np.nan,
+                "blended": outer[chosen]["mean_r"],
+                "moran_spearman": outer[chosen]["moran_spearman"],
+                **{f"w={w:g}": outer[w]["mean_r"] for w in args.weights},
+            }
+        )
+    if not rows:
+        return
+    table = pd.DataFrame(rows).set_index("test")
+    print(table.round(4).to_string())
+    print("mean: " + ", ".join(f"{k} {v:.4f}" for k, v in table.drop(columns="chosen").mean().items()))
+
+
+if __name__ == "__main__":
+    main()

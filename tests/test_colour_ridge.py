@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from sklearn.linear_model import RidgeCV
+
+import st_hist2st as hist2st
+from st_hist2st._data._targets import expression_targets
+from st_hist2st.nn import Architecture, ColourRidge, Hist2STModule, patch_features
+from st_hist2st.nn._colour_ridge import ALPHAS, FEATURE_NAMES
+
+
+def reference_features(patch: np.ndarray) -> list[float]:
+    """The 18 features of one patch, written out with numpy and scipy."""
+    x = patch.astype(np.float32) / 255
+    grey = x.mean(0)
+    flat = x.reshape(3, -1)
+    histogram = np.histogram(grey, bins=8, range=(0, 1))[0] / grey.size
+    magnitude = np.hypot(ndimage.sobel(grey, 0), ndimage.sobel(grey, 1))
+    texture = [magnitude.mean(), magnitude.std(), ndimage.laplace(grey).var(), (grey < 0.5).mean()]
+    return [*flat.mean(1), *flat.std(1), *histogram, *texture]
+
+
+def test_patch_features_are_the_colour_and_texture_statistics_and_ignore_orientation(rng):
+    patches = rng.integers(0, 256, size=(5, 3, 20, 20), dtype=np.uint8)
+    patches[0] = 255  # blank
+    patches[1, :, :10] = 20  # half dark
+    got = patch_features(torch.from_numpy(patches)).numpy()
+    assert got.shape == (5, len(FEATURE_NAMES))
+    np.testing.assert_allclose(got, [reference_features(p) for p in patches], rtol=1e-4, atol=1e-6)
+    turned = np.ascontiguousarray(np.flip(np.rot90(patches, 1, axes=(2, 3)), axis=3))
+    np.testing.assert_allclose(patch_features(torch.from_numpy(turned)).numpy(), got, rtol=1e-4, atol=1e-6)
+
+
+def test_colour_ridge_fits_as_a_ridge_on_standardised_features(rng):
+    features = rng.normal(size=(60, len(FEATURE_NAMES))) * rng.uniform(0.1, 10, len(FEATURE_NAMES))
+    targets = features[:, :3] @ rng.normal(size=(3, 4)) + rng.normal(scale=0.1, size=(60, 4))
+    ridge = ColourRidge(4)
+    assert not ridge.is_fitted
+    ridge.fit(torch.as_tensor(features), torch.as_tensor(targets))
+    assert ridge.is_fitted
+    standardised = (features - features.mean(0)) / (features.std(0) + 1e-8)
+    reference = RidgeCV(alphas=ALPHAS).fit(standardised, targets)
+    assert float(ridge.alpha) == pytest.approx(reference.alpha_)
+    got = ridge(torch.as_tensor(features, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(got, reference.predict(standardised), rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="at least 2 training spots"):
+        ColourRidge(4).fit(torch.zeros(1, len(FEATURE_NAMES)), torch.zeros(1, 4))
+
+
+def test_colour_ridge_is_blended_into_the_predictions_and_leaves_the_network_as_it_trains(adata, tiny, tmp_path):
+    common = {"max_epochs": 2, "show_progress_bar": False, "validation_libraries": ["S1"], **tiny}
+    alone = hist2st.tl.fit(adata, "hires", **common)
+    blended = hist2st.tl.fit(adata, "hires", colour_ridge=0.25, **common)
+    network, both = alone.module.state_dict(), blended.module.state_dict()
+    assert all(torch.equal(network[k], both[k]) for k in network)
+    assert sorted(set(both) - set(network)) == [
+        f"colour_ridge.{k}" for k in ("alpha", "bias", "mean", "scale", "weight")
+    ]
+    # the history follows the network alone
+    np.testing.assert_array_equal(alone.history["val_pearson"], blended.history["val_pearson"])
+    # the ridge is fitted after the network, on the patches and targets of the training library alone
+    crop = {"crop_microns": blended.preprocessing["crop_microns"], "show_progress_bar": False}
+    train = adata[adata.obs["library_id"] == "S0"]
+    counts = train[:, blended.genes].X
+    targets = expression_targets(counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts))
+    features = patch_features(torch.from_numpy(hist2st.pp.extract_patches(train, "hires", **crop)))
+    expected = ColourRidge(len(blended.genes)).fit(features, torch.as_tensor(targets))
+    ridge = blended.module.colour_ridge
+    np.testing.assert_allclose(ridge.weight.numpy(), expected.weight.numpy(), rtol=1e-3, atol=1e-4)
+    # predictions: 0.75 of the network's (with or without the 8 views) and 0.25 of the ridge's
+    with torch.no_grad():
+        colour = ridge(patch_features(torch.from_numpy(hist2st.pp.extract_patches(adata, "hires", **crop)))).numpy()
+    for tta in (False, True):
+        net = alone.predict(adata, test_time_augmentation=tta, show_progress_bar=False)
+        got = blended.predict(adata, test_time_augmentation=tta, show_progress_bar=False)
+        np.testing.assert_allclose(got, 0.75 * net + 0.25 * colour, rtol=1e-4, atol=1e-5)
+    card = (blended.save_pretrained(tmp_path / "card") / "README.md").read_text()
+    assert "| colour ridge | weight 0.25 in the predictions" in card
+    assert "colour ridge" not in (alone.save_pretrained(tmp_path / "alone") / "README.md").read_text()
+    blended.save(tmp_path / "blended")
+    loaded = hist2st.Hist2ST.load(tmp_path / "blended")
+    assert loaded.architecture.colour_ridge == 0.25 and loaded.module.colour_ridge.is_fitted
+    np.testing.assert_array_equal(
+        loaded.predict(adata, show_progress_bar=False), blended.predict(adata, show_progress_bar=False)
+    )
+
+
+def test_colour_ridge_weight_is_checked_and_no_ridge_is_built_without_one(tiny):
+    with pytest.raises(ValueError, match=r"`colour_ridge` is a weight in \[0, 1\], got 1.5"):
+        Architecture(colour_ridge=1.5)
+    assert Hist2STModule(Architecture(n_genes=3, **tiny)).colour_ridge is None
+    assert Hist2STModule(Architecture(n_genes=3, colour_ridge=0.5, **tiny)).colour_ridge is not None
