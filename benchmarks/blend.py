@@ -11,7 +11,8 @@ network is the same: the ridge is fitted after it and never changes its training
 ``--weights`` on the sections it was not trained on. Then, for each held-out section, the weight is chosen by
 the inner models' mean r on the other three sections (each scored by the model trained on the other two)
 and reported on the held-out section with the outer model; also the Spearman correlation between predicted
-and observed Moran's I over the genes.
+and observed Moran's I over the genes. Each model's scores are kept beside it (``NAME.scores.json``), so that
+a run can score the models trained so far and a later one only the rest.
 
     python benchmarks/blend.py --train --preset wide --out runs/blend --part 0/2 &
     python benchmarks/blend.py --train --preset wide --out runs/blend --part 1/2
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import logging
 import time
 import warnings
@@ -113,12 +115,18 @@ def main() -> None:
     for path in sorted(p for p in Path(args.out).iterdir() if (p / "config.json").exists()):
         model = hist2st.Hist2ST.load(path)
         trained_on = tuple(sorted(model.preprocessing["train_libraries"]))
-        ridge_state = fitted_ridge_state(model, adata)
+        kept = path.with_name(path.name + ".scores.json")  # a later run with more models reads these
+        found = {tuple(k): v for k, v in json.loads(kept.read_text())} if kept.exists() else {}
+        ridge_state = None
         for weight in args.weights:
-            blended = with_colour_ridge(path, ridge_state, weight)
             for section in (s for s in sections if s not in trained_on):
-                found = scores[trained_on, section, weight] = held_out(adata, blended.genes, [blended], section)
-                print(f"{path.name} on {section}, weight {weight:g}: mean r {found['mean_r']:.4f}", flush=True)
+                if (section, weight) not in found:
+                    ridge_state = fitted_ridge_state(model, adata) if ridge_state is None else ridge_state
+                    blended = with_colour_ridge(path, ridge_state, weight)
+                    found[section, weight] = held_out(adata, blended.genes, [blended], section)
+                scores[trained_on, section, weight] = found[section, weight]
+                print(f"{path.name} on {section}, weight {weight:g}: mean r {found[section, weight]['mean_r']:.4f}")
+        kept.write_text(json.dumps([[list(k), v] for k, v in found.items()]))
     rows = []
     for test in sections:
         train_on = [s for s in sections if s != test]
