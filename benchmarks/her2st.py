@@ -8,7 +8,8 @@ ZINB term, the coverage of their 80 % and 95 % predictive intervals.
     python benchmarks/her2st.py --test C3 --minutes 30 --preset fast
 
 The models crop the paper's 112 pixels around each spot (``--crop-size``), except where the preset (``'wide'``,
-the package's default) or ``--set`` gives a ``field_of_view``: then they crop that many spot diameters.
+or the package's default ``'blend'``) or ``--set`` gives a ``field_of_view``: then they crop that many spot
+diameters.
 
 With ``--nested``, settings are chosen without looking at the held-out section: for each split, every
 ``--candidate`` is trained on two of the three training sections and scored on the third (each in turn), the

@@ -51,7 +51,7 @@ def test_colour_ridge_fits_as_a_ridge_on_standardised_features(rng):
 
 
 def test_colour_ridge_is_blended_into_the_predictions_and_leaves_the_network_as_it_trains(adata, tiny, tmp_path):
-    common = {"max_epochs": 2, "show_progress_bar": False, "validation_libraries": ["S1"], **tiny}
+    common = {"preset": "wide", "max_epochs": 2, "show_progress_bar": False, "validation_libraries": ["S1"], **tiny}
     alone = hist2st.tl.fit(adata, "hires", **common)
     blended = hist2st.tl.fit(adata, "hires", colour_ridge=0.25, **common)
     network, both = alone.module.state_dict(), blended.module.state_dict()
@@ -70,12 +70,13 @@ def test_colour_ridge_is_blended_into_the_predictions_and_leaves_the_network_as_
     expected = ColourRidge(len(blended.genes)).fit(features, torch.as_tensor(targets))
     ridge = blended.module.colour_ridge
     np.testing.assert_allclose(ridge.weight.numpy(), expected.weight.numpy(), rtol=1e-3, atol=1e-4)
-    # predictions: 0.75 of the network's (with or without the 8 views) and 0.25 of the ridge's
+    # predictions: 0.75 of the network's and 0.25 of the ridge's ...
     with torch.no_grad():
         colour = ridge(patch_features(torch.from_numpy(hist2st.pp.extract_patches(adata, "hires", **crop)))).numpy()
-    for tta in (False, True):
-        net = alone.predict(adata, test_time_augmentation=tta, show_progress_bar=False)
-        got = blended.predict(adata, test_time_augmentation=tta, show_progress_bar=False)
+    # ... with or without the 8 views, and section by section or in windows of a few spots
+    for options in ({}, {"test_time_augmentation": True}, {"max_spots": 20}):
+        net = alone.predict(adata, show_progress_bar=False, **options)
+        got = blended.predict(adata, show_progress_bar=False, **options)
         np.testing.assert_allclose(got, 0.75 * net + 0.25 * colour, rtol=1e-4, atol=1e-5)
     card = (blended.save_pretrained(tmp_path / "card") / "README.md").read_text()
     assert "| colour ridge | weight 0.25 in the predictions" in card

@@ -148,7 +148,7 @@ def test_field_of_view_crops_that_many_spot_diameters_in_fit_and_predict(adata, 
     four = hist2st.tl.fit(adata, "hires", field_of_view=4, **common)
     assert four.preprocessing["crop_microns"] == pytest.approx(4 * one.preprocessing["crop_microns"])
     default = hist2st.tl.fit(adata, "hires", max_epochs=1, show_progress_bar=False, **tiny)
-    assert default.preset == "wide" and default.training.dihedral
+    assert default.preset == "blend" and default.training.dihedral and default.architecture.colour_ridge > 0
     assert default.preprocessing["crop_microns"] == pytest.approx(4 * one.preprocessing["crop_microns"])
     four.save(tmp_path / "four")
     loaded = hist2st.Hist2ST.load(tmp_path / "four")
@@ -451,7 +451,7 @@ def test_bfloat16_on_a_cpu_that_emulates_it_warns_first(adata, trained, tiny, mo
         hist2st.tl.predict(adata, trained, precision="bf16", device="cpu", copy=True, show_progress_bar=False)
 
 
-PRESET_NAMES = ("paper", "fast", "wide")
+PRESET_NAMES = ("paper", "fast", "wide", "blend")
 
 
 def preset_table() -> dict[str, tuple[object, ...]]:
@@ -481,7 +481,7 @@ def test_the_default_preset_is_what_the_docs_list():
     from st_hist2st.nn._module import Architecture
     from st_hist2st.nn._training import DEFAULT_PRESET, PRESETS, preset
 
-    assert DEFAULT_PRESET == "wide"
+    assert DEFAULT_PRESET == "blend"
     assert set(PRESETS) == set(PRESET_NAMES)
     assert inspect.signature(hist2st.tl.fit).parameters["preset"].default == DEFAULT_PRESET
     assert inspect.signature(hist2st.Hist2ST).parameters["preset"].default == DEFAULT_PRESET

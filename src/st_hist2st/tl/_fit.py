@@ -92,7 +92,10 @@ def fit(
         ``'all'`` genes of ``adata`` before ``log10(1 + 1e4 * x)``. With one gene, or a few, ``'genes'`` makes
         every target alike; ``fit`` refuses targets that are constant everywhere.
     preset
-        ``'wide'`` (the default): ``'fast'`` with crops of four spot diameters (``field_of_view=4``, resized to
+        ``'blend'`` (the default): ``'wide'`` with a ridge regression on 18 colour and texture features of each
+        patch, fitted on the training spots after the network, blended into its predictions with weight 0.5
+        (``colour_ridge=0.5``); nested validation on her2st chose the weight.
+        ``'wide'``: ``'fast'`` with crops of four spot diameters (``field_of_view=4``, resized to
         the same 112 pixels: the spot and the tissue around it, as far as its neighbours) shown in random
         rotations and mirrors (``dihedral=True``); nested validation on her2st chose it over ``'fast'``.
         ``'fast'``: the paper's network without the grid-position embedding, with each section's colours
@@ -102,7 +105,7 @@ def fit(
         ZINB term, no distillation passes, each section 4 times per epoch; it generalises to new sections in
         minutes on a CPU. ``'paper'``: the published training (Adam 1e-5, x0.9 every 50 epochs, 350 epochs,
         raw pixel values, ZINB term and self-distillation), hours on a CPU. See :doc:`/model` (earlier defaults:
-        ``'paper'``, then ``'fast'``).
+        ``'paper'``, then ``'fast'``, then ``'wide'``).
     max_epochs
         Epochs; overrides the preset.
     accelerator, devices, strategy, num_nodes
