@@ -631,8 +631,9 @@ def fit_colour_ridge(ridge: ColourRidge, sections: Sequence[Section], show_progr
             for part in np.array_split(np.arange(section.n_spots), max(1, -(-section.n_spots // 1024))):
                 features.append(patch_features(section.patches_of(part)))
                 progress.update(len(part))
-    ridge.fit(torch.cat(features), torch.cat([s.targets for s in sections]))
-    logger.info("fitted the colour ridge on %d spots (penalty %g)", len(torch.cat(features)), float(ridge.alpha))
+    features = torch.cat(features)
+    ridge.fit(features, torch.cat([s.targets for s in sections]))
+    logger.info("fitted the colour ridge on %d spots (penalty %g)", len(features), float(ridge.alpha))
 
 
 def resolve_model(model: Hist2ST | str | Path) -> Hist2ST:
