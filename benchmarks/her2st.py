@@ -45,9 +45,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 import st_hist2st as hist2st
 from st_hist2st._data._targets import expression_targets
+from st_hist2st.nn import patch_features
 from st_hist2st.nn._plan import pearson_per_gene
 from st_hist2st.nn._training import preset
 
@@ -77,31 +79,12 @@ def ridge_baseline(adata, genes, train, test, crop_size) -> float:
     return mean_r(pred, y[te])
 
 
-def grey_colour_features(patches: np.ndarray) -> np.ndarray:
-    """14 per patch: mean and standard deviation of each channel, an 8-bin histogram of the grey level."""
-    x = patches.astype(np.float32) / 255
-    grey = x.mean(1).reshape(len(x), -1)
-    hist = np.stack([np.histogram(g, bins=8, range=(0, 1))[0] for g in grey]) / grey.shape[1]
-    flat = x.reshape(len(x), 3, -1)
-    return np.concatenate([flat.mean(-1), flat.std(-1), hist], axis=1)
-
-
-def texture_features(patches: np.ndarray) -> np.ndarray:
-    """4 per patch: mean and standard deviation of the Sobel gradient magnitude, variance of the Laplacian and
-    the fraction of dark pixels (grey level below 0.5)."""
-    from scipy import ndimage
-
-    out = []
-    for patch in patches:
-        grey = patch.astype(np.float32).mean(0) / 255
-        magnitude = np.hypot(ndimage.sobel(grey, 0), ndimage.sobel(grey, 1))
-        out.append([magnitude.mean(), magnitude.std(), ndimage.laplace(grey).var(), (grey < 0.5).mean()])
-    return np.asarray(out, dtype=np.float32)
-
-
 def colour_texture_features(patches: np.ndarray) -> np.ndarray:
-    """18 per patch: :func:`grey_colour_features` and :func:`texture_features`."""
-    return np.concatenate([grey_colour_features(patches), texture_features(patches)], axis=1)
+    """18 per patch, those of the package's colour ridge (:func:`st_hist2st.nn.patch_features`): 14 of colour
+    (mean and standard deviation of each channel, an 8-bin histogram of the grey level), then 4 of texture
+    (mean and standard deviation of the Sobel gradient magnitude, variance of the Laplacian, fraction of dark
+    pixels)."""
+    return patch_features(torch.from_numpy(patches)).numpy()
 
 
 def ridge_r(feats, y, tr, te) -> tuple[float, np.ndarray]:
@@ -117,9 +100,10 @@ def ridge_baselines(adata, genes, train, test, crop_size) -> dict[str, float]:
     """Held-out r of the two ridge baselines of the nested report."""
     spot = hist2st.pp.extract_patches(adata, "fullres", crop_size=crop_size, show_progress_bar=False)
     wide = hist2st.pp.extract_patches(adata, "fullres", crop_size=4 * crop_size, show_progress_bar=False)
-    colour = grey_colour_features(spot)
+    at_spot = colour_texture_features(spot)
+    colour = at_spot[:, :14]
     wide_only = colour_texture_features(wide)
-    both = np.concatenate([colour, texture_features(spot), wide_only], axis=1)
+    both = np.concatenate([at_spot, wide_only], axis=1)
     y = targets(adata, genes)
     tr = adata.obs["library_id"].isin(train).to_numpy()
     te = (adata.obs["library_id"] == test).to_numpy()
@@ -140,8 +124,6 @@ def targets(adata, genes):
 
 
 def mean_r(pred, obs) -> float:
-    import torch
-
     r = pearson_per_gene(torch.as_tensor(pred), torch.as_tensor(obs)).numpy()
     return float(np.nanmean(r))
 
