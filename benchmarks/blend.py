@@ -22,6 +22,7 @@ a run can score the models trained so far and a later one only the rest.
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import logging
@@ -58,16 +59,15 @@ def train(adata, genes, sections, args) -> None:
         print(f"{path}: {len(model.history)} epochs in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
 
 
-def with_colour_ridge(path: Path, ridge_state: dict, weight: float) -> hist2st.Hist2ST:
-    """The model saved at ``path``, its predictions blending in the colour ridge ``ridge_state`` with ``weight``."""
-    model = hist2st.Hist2ST.load(path)
-    model.architecture = replace(model.architecture, colour_ridge=weight)
-    network = model.module.state_dict()
-    model.module = Hist2STModule(model.architecture)
-    model.module.load_state_dict(network, strict=False)
-    if model.module.colour_ridge is not None:
-        model.module.colour_ridge.load_state_dict(ridge_state)
-    return model
+def with_colour_ridge(model: hist2st.Hist2ST, ridge_state: dict, weight: float) -> hist2st.Hist2ST:
+    """A copy of ``model`` whose predictions blend in the colour ridge ``ridge_state`` with ``weight``."""
+    blended = copy.copy(model)
+    blended.architecture = replace(model.architecture, colour_ridge=weight)
+    blended.module = Hist2STModule(blended.architecture)
+    blended.module.load_state_dict(model.module.state_dict(), strict=False)
+    if blended.module.colour_ridge is not None:
+        blended.module.colour_ridge.load_state_dict(ridge_state)
+    return blended
 
 
 def fitted_ridge_state(model: hist2st.Hist2ST, adata) -> dict:
@@ -122,7 +122,7 @@ def main() -> None:
             for section in (s for s in sections if s not in trained_on):
                 if (section, weight) not in found:
                     ridge_state = fitted_ridge_state(model, adata) if ridge_state is None else ridge_state
-                    blended = with_colour_ridge(path, ridge_state, weight)
+                    blended = with_colour_ridge(model, ridge_state, weight)
                     found[section, weight] = held_out(adata, blended.genes, [blended], section)
                 scores[trained_on, section, weight] = found[section, weight]
                 print(f"{path.name} on {section}, weight {weight:g}: mean r {found[section, weight]['mean_r']:.4f}")
