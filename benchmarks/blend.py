@@ -11,12 +11,19 @@ network is the same: the ridge is fitted after it and never changes its training
 ``--weights`` on the sections it was not trained on. Then, for each held-out section, the weight is chosen by
 the inner models' mean r on the other three sections (each scored by the model trained on the other two)
 and reported on the held-out section with the outer model; also the Spearman correlation between predicted
-and observed Moran's I over the genes. Each model's scores are kept beside it (``NAME.scores.json``), so that
-a run can score the models trained so far and a later one only the rest.
+and observed Moran's I over the genes. Models trained on the same sections, here or in another ``--out``
+folder (other seeds), are averaged, as :func:`st_hist2st.tl.predict` averages a list of models. The scores are
+kept beside the first of them (``NAME.scores.json``, or the names joined by ``+``), so that a run can score
+the models trained so far and a later one only the rest.
 
     python benchmarks/blend.py --train --preset wide --out runs/blend --part 0/2 &
     python benchmarks/blend.py --train --preset wide --out runs/blend --part 1/2
     python benchmarks/blend.py --out runs/blend --weights 0 0.25 0.5 0.75 1
+
+Outer models of other seeds, trained by ``benchmarks/her2st.py``, join the averages (inner models stay one):
+
+    python benchmarks/her2st.py --preset wide --seed 1 --out runs/seed1
+    python benchmarks/blend.py --out runs/blend runs/seed1 runs/seed2
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from her2st import ROOT, held_out, train_models
+from her2st import ROOT, train_models
 
 import st_hist2st as hist2st
 from st_hist2st._data._section import prepare_sections
@@ -50,7 +57,7 @@ def train(adata, genes, sections, args) -> None:
         preset=args.preset, crop_size=None, models=1, epochs=None, precision=args.precision, seed=args.seed
     )
     for fit_on, validation in jobs[k::n]:
-        path = Path(args.out) / "+".join(fit_on)
+        path = Path(args.out[0]) / "+".join(fit_on)
         if path.exists():
             continue
         t0 = time.perf_counter()
@@ -92,9 +99,30 @@ def fitted_ridge_state(model: hist2st.Hist2ST, adata) -> dict:
     return ridge.state_dict()
 
 
+def blended_scores(adata, models, ridge_state, section, weights) -> dict[tuple[str, float], dict[str, float]]:
+    """Mean r and Moran's I Spearman on ``section`` of ``(1 - w)`` times the models' averaged network plus ``w``
+    times the ridge, for each ``w`` of ``weights``: two passes of :func:`st_hist2st.tl.predict` (weights 0 and 1), blended
+    as a model with ``colour_ridge=w`` blends them."""
+    held = adata[adata.obs["library_id"] == section].copy()
+    genes = models[0].genes
+    network = [with_colour_ridge(model, ridge_state, 0.0) for model in models]
+    hist2st.tl.predict(held, network, key_added="network", show_progress_bar=False)
+    hist2st.tl.predict(
+        held, [with_colour_ridge(models[0], ridge_state, 1.0)], key_added="ridge", show_progress_bar=False
+    )
+    out = {}
+    for weight in weights:
+        held.layers["hist2st"] = (1 - weight) * held.layers["network"] + weight * held.layers["ridge"]
+        held.uns["hist2st"] = held.uns["network"]
+        hist2st.tl.evaluate(held, genes=genes, copy=False)
+        summary = held.uns["hist2st_pearson"]
+        out[section, weight] = {k: v for k, v in summary.items() if k in ("mean_r", "moran_spearman")}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="folder of the saved models")
+    parser.add_argument("--out", required=True, nargs="+", help="folders of the saved models (with --train: the first)")
     parser.add_argument("--train", action="store_true", help="train the models instead of scoring them")
     parser.add_argument("--part", default="0/1", help="with --train: K/N trains every N-th model from the K-th")
     parser.add_argument("--preset", default="wide")
@@ -111,22 +139,27 @@ def main() -> None:
     if args.train:
         train(adata, genes, sections, args)
         return
+    groups: dict[tuple[str, ...], list[Path]] = {}  # models trained on the same sections (seeds) are averaged
+    for folder in args.out:
+        for path in sorted(p for p in Path(folder).iterdir() if (p / "config.json").exists()):
+            config = json.loads((path / "config.json").read_text())
+            groups.setdefault(tuple(sorted(config["preprocessing"]["train_libraries"])), []).append(path)
     scores = {}  # (trained on, scored on, weight) -> held_out figures
-    for path in sorted(p for p in Path(args.out).iterdir() if (p / "config.json").exists()):
-        model = hist2st.Hist2ST.load(path)
-        trained_on = tuple(sorted(model.preprocessing["train_libraries"]))
-        kept = path.with_name(path.name + ".scores.json")  # a later run with more models reads these
+    for trained_on, paths in groups.items():
+        names = "+".join(p.name for p in paths)
+        kept = paths[0].with_name(paths[0].name + ".scores.json" if len(paths) == 1 else f"{names}.scores.json")
         found = {tuple(k): v for k, v in json.loads(kept.read_text())} if kept.exists() else {}
-        ridge_state = None
-        for weight in args.weights:
-            for section in (s for s in sections if s not in trained_on):
-                if (section, weight) not in found:
-                    ridge_state = fitted_ridge_state(model, adata) if ridge_state is None else ridge_state
-                    blended = with_colour_ridge(model, ridge_state, weight)
-                    found[section, weight] = held_out(adata, blended.genes, [blended], section)
+        rest = [s for s in sections if s not in trained_on]
+        if any((section, weight) not in found for section in rest for weight in args.weights):
+            models = [hist2st.Hist2ST.load(path) for path in paths]
+            ridge_state = fitted_ridge_state(models[0], adata)
+            for section in rest:
+                found.update(blended_scores(adata, models, ridge_state, section, args.weights))
+            kept.write_text(json.dumps([[list(k), v] for k, v in found.items()]))
+        for section in rest:
+            for weight in args.weights:
                 scores[trained_on, section, weight] = found[section, weight]
-                print(f"{path.name} on {section}, weight {weight:g}: mean r {found[section, weight]['mean_r']:.4f}")
-        kept.write_text(json.dumps([[list(k), v] for k, v in found.items()]))
+                print(f"{names} on {section}, weight {weight:g}: mean r {found[section, weight]['mean_r']:.4f}")
     rows = []
     for test in sections:
         train_on = [s for s in sections if s != test]
