@@ -77,16 +77,16 @@ def with_colour_ridge(model: hist2st.Hist2ST, ridge_state: dict, weight: float) 
     return blended
 
 
-def fitted_ridge_state(model: hist2st.Hist2ST, adata) -> dict:
-    """The state of a colour ridge fitted on the sections ``model`` was trained on, cut as
-    :meth:`~st_hist2st.Hist2ST.predict` cuts them (the model's micrometres)."""
+def model_sections(model: hist2st.Hist2ST, adata, libraries) -> list:
+    """The ``libraries`` of ``adata`` cut as :meth:`~st_hist2st.Hist2ST.predict` cuts them for ``model`` (its
+    micrometres and field of view), with the targets of its genes."""
     image_key, crop_size, crop_microns = model.prediction_inputs()
-    sections = prepare_sections(
+    return prepare_sections(
         adata,
         image_key,
         genes=model.genes,
         library_key="library_id",
-        libraries=model.preprocessing["train_libraries"],
+        libraries=libraries,
         layout=model.preprocessing.get("layout", "auto"),
         crop_size=crop_size,
         crop_microns=crop_microns,
@@ -94,15 +94,29 @@ def fitted_ridge_state(model: hist2st.Hist2ST, adata) -> dict:
         normalize_over=model.preprocessing.get("normalize_over", "genes"),
         show_progress_bar=False,
     )
+
+
+def fitted_ridge_state(model: hist2st.Hist2ST, adata) -> dict:
+    """The state of a colour ridge fitted on the sections ``model`` was trained on."""
     ridge = hist2st.nn.ColourRidge(len(model.genes))
-    fit_colour_ridge(ridge, sections, show_progress_bar=False)
+    fit_colour_ridge(ridge, model_sections(model, adata, model.preprocessing["train_libraries"]), False)
     return ridge.state_dict()
+
+
+def model_groups(folders) -> dict[tuple[str, ...], list[Path]]:
+    """The saved models under ``folders``, grouped by the sections they were trained on (seeds of one split)."""
+    groups: dict[tuple[str, ...], list[Path]] = {}
+    for folder in folders:
+        for path in sorted(p for p in Path(folder).iterdir() if (p / "config.json").exists()):
+            config = json.loads((path / "config.json").read_text())
+            groups.setdefault(tuple(sorted(config["preprocessing"]["train_libraries"])), []).append(path)
+    return groups
 
 
 def blended_scores(adata, models, ridge_state, section, weights) -> dict[tuple[str, float], dict[str, float]]:
     """Mean r and Moran's I Spearman on ``section`` of ``(1 - w)`` times the models' averaged network plus ``w``
-    times the ridge, for each ``w`` of ``weights``: two passes of :func:`st_hist2st.tl.predict` (weights 0 and 1), blended
-    as a model with ``colour_ridge=w`` blends them."""
+    times the ridge, for each ``w`` of ``weights``: two passes of :func:`st_hist2st.tl.predict` (weights 0 and
+    1), blended as a model with ``colour_ridge=w`` blends them."""
     held = adata[adata.obs["library_id"] == section].copy()
     genes = models[0].genes
     network = [with_colour_ridge(model, ridge_state, 0.0) for model in models]
@@ -139,11 +153,7 @@ def main() -> None:
     if args.train:
         train(adata, genes, sections, args)
         return
-    groups: dict[tuple[str, ...], list[Path]] = {}  # models trained on the same sections (seeds) are averaged
-    for folder in args.out:
-        for path in sorted(p for p in Path(folder).iterdir() if (p / "config.json").exists()):
-            config = json.loads((path / "config.json").read_text())
-            groups.setdefault(tuple(sorted(config["preprocessing"]["train_libraries"])), []).append(path)
+    groups = model_groups(args.out)  # models trained on the same sections (seeds) are averaged
     scores = {}  # (trained on, scored on, weight) -> held_out figures
     for trained_on, paths in groups.items():
         names = "+".join(p.name for p in paths)
