@@ -7,7 +7,8 @@ counts has less sampling noise); and, for a model with a ZINB head, the predicte
 share of the gene's predicted variance that is signal rather than the head's sampling noise. Then a ceiling
 that needs no model: the Moran's I of the measured expression itself, projected on the top ``k`` principal
 components of the other sections' measured expression (``--ranks``), the best that any prediction confined
-to the expression programmes seen in training could reach, however accurate.
+to the expression programmes seen in training could reach, however accurate; and how many principal
+components the predictions and the measurement spread their variance over.
 
     python benchmarks/her2st.py --test C4 --set zinb=0.25 init_zinb_bias=true --out runs/zinb
     python benchmarks/moran.py runs/zinb/model_C4_seed0 --section C4
@@ -19,6 +20,7 @@ import argparse
 import warnings
 
 import numpy as np
+from blend import fitted_ridge_state, with_colour_ridge
 from her2st import ROOT
 
 import st_hist2st as hist2st
@@ -32,11 +34,20 @@ def main() -> None:
     parser.add_argument("model", help="a saved model folder")
     parser.add_argument("--section", default="C4", help="held-out her2st section")
     parser.add_argument("--ranks", type=int, nargs="+", default=[3, 10, 30, 100], help="principal components kept")
+    parser.add_argument(
+        "--colour-ridge",
+        type=float,
+        default=None,
+        help="blend in a colour ridge fitted on the model's training sections with this weight (for models "
+        "trained without one, as benchmarks/blend.py scores them)",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     adata = hist2st.datasets.her2st(ROOT)
     held = adata[adata.obs["library_id"] == args.section].copy()
     model = hist2st.Hist2ST.load(args.model)
+    if args.colour_ridge is not None:
+        model = with_colour_ridge(model, fitted_ridge_state(model, adata), args.colour_ridge)
     zinb = model.training.zinb > 0
     result = model.predict(held, return_zinb=zinb, show_progress_bar=False)
     pred, params = result if zinb else (result, None)
@@ -54,6 +65,12 @@ def main() -> None:
         signal, noise = pred.var(0), (std.astype(np.float64) ** 2).mean(0)
         scaled = predicted * signal / (signal + noise)
         print(f"  the predictions' Moran's I scaled by their signal share: {rank_correlation(scaled, measured):.3f}")
+    for name, values in (("predictions", pred), ("measured expression", observed)):
+        shares = np.cumsum(variance_shares(values))
+        print(
+            f"share of the variance of the {name} across spots in the top 1 / 3 components: {shares[0]:.3f} / "
+            f"{shares[2]:.3f}; components for 90 %: {np.searchsorted(shares, 0.9) + 1}"
+        )
     low, mid, high = np.nanpercentile(predicted, [5, 50, 95])
     mlow, mmid, mhigh = np.nanpercentile(measured, [5, 50, 95])
     print(
@@ -69,6 +86,12 @@ def main() -> None:
             f"  the measured expression on the top {rank} principal components of the training sections': "
             f"{rank_correlation(morans_i(graph, projected), measured):.3f}"
         )
+
+
+def variance_shares(values: np.ndarray) -> np.ndarray:
+    """The share of the variance of ``values`` (spots x genes) across spots in each principal component."""
+    power = np.linalg.svd(values - values.mean(0), compute_uv=False) ** 2
+    return power / power.sum()
 
 
 def low_rank_projections(observed: np.ndarray, training: np.ndarray, ranks: list[int]) -> dict[int, np.ndarray]:
