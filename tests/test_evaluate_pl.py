@@ -15,6 +15,7 @@ from scipy import sparse, stats
 
 import st_hist2st as hist2st
 from st_hist2st._data._targets import expression_targets
+from st_hist2st.tl._evaluate import observed_targets
 
 
 def _predicted(n=30, genes=4, seed=0):
@@ -127,6 +128,18 @@ def test_spatial_pred_draws_on_given_axes_and_saves(predicted, tmp_path):
     assert len(axes[0, 0].images) == 1  # the H&E under the spots
     with pytest.raises(ValueError, match="2 axes per gene"):
         hist2st.pl.spatial_pred(predicted, ["gene0"], ax=axes)
+    plt.close("all")
+
+
+def test_spatial_pred_own_scales_span_each_panels_values(predicted):
+    axes = hist2st.pl.spatial_pred(predicted, ["gene0"], library_id="S1", shared_scale=False, show=False)
+    spots = (predicted.obs["library_id"] == "S1").to_numpy()
+    observed = observed_targets(predicted[spots], "hist2st", None)["gene0"].to_numpy()
+    pred = np.asarray(predicted[spots, "gene0"].layers["hist2st"], dtype=np.float64).ravel()
+    assert axes[0, 0].collections[0].get_clim() == pytest.approx((observed.min(), observed.max()), rel=1e-5)
+    assert axes[0, 1].collections[0].get_clim() == pytest.approx((pred.min(), pred.max()), rel=1e-5)
+    # the predictions span less than the measurement, so the two scales differ
+    assert axes[0, 0].collections[0].get_clim() != axes[0, 1].collections[0].get_clim()
     plt.close("all")
 
 

@@ -40,13 +40,14 @@ def spatial_pred(
     library_key: str | None = Key.library,
     cmap: str = "viridis",
     size: float = 1.3,
+    shared_scale: bool = True,
     ax: Sequence[Axes] | None = None,
     save: str | Path | None = None,
     show: bool | None = None,
     return_fig: bool = False,
     **deprecated: Any,
 ) -> Figure | np.ndarray | None:
-    """Observed next to predicted expression on the tissue, one row per gene, with a shared colour scale.
+    """Observed next to predicted expression on the tissue, one row per gene, by default on one colour scale.
 
     The observed counts are transformed as the model's targets; each row's title gives the gene's Pearson r in
     the library. Drawn with :func:`squidpy.pl.spatial_scatter` over the H&E image.
@@ -72,6 +73,10 @@ def spatial_pred(
         Colour map.
     size
         Spot size relative to ``spot_diameter_fullres``.
+    shared_scale
+        Draw each gene's observed and predicted expression on one colour scale, so that colours compare. The
+        predictions are smoother than the measurement and span a narrower range, so on a shared scale their
+        pattern can look flat; with ``False`` each panel spans its own values (see its colour bar).
     ax
         Two axes per gene and library (observed, predicted); default a new figure.
     save
@@ -111,7 +116,20 @@ def spatial_pred(
         axes, fig = axes.reshape(rows, 2), axes[0].figure
     for n, lib in enumerate(library_ids):
         rows_of_library = axes[n * len(genes) : (n + 1) * len(genes)]
-        _draw_library(adata, genes, key, lib, libs, image_key, layer, cmap, size, rows_of_library, len(library_ids) > 1)
+        _draw_library(
+            adata,
+            genes,
+            key,
+            lib,
+            libs,
+            image_key,
+            layer,
+            cmap,
+            size,
+            shared_scale,
+            rows_of_library,
+            len(library_ids) > 1,
+        )
     return finish_figure(fig, axes, save=save, show=show, return_fig=return_fig)
 
 
@@ -125,6 +143,7 @@ def _draw_library(
     layer: str | None,
     cmap: str,
     size: float,
+    shared_scale: bool,
     axes: np.ndarray,
     name_library: bool,
 ) -> None:
@@ -152,9 +171,11 @@ def _draw_library(
     sq = import_squidpy()
     prefix = f"{library_id}: " if name_library else ""
     for k, gene in enumerate(genes):
-        values = np.concatenate([sub[:, gene].X.ravel(), sub[:, gene].layers["observed"].ravel()])
-        norm = Normalize(float(np.nanmin(values)), float(np.nanmax(values)))
+        panels = {"observed": sub[:, gene].layers["observed"].ravel(), "predicted": sub[:, gene].X.ravel()}
+        shared = np.concatenate(list(panels.values()))
         for j, (what, lay) in enumerate((("observed", "observed"), ("predicted", None))):
+            values = shared if shared_scale else panels[what]
+            norm = Normalize(float(np.nanmin(values)), float(np.nanmax(values)))
             with warnings.catch_warnings():
                 # squidpy's own use of a matplotlib method: nothing a caller of this function can change
                 warnings.filterwarnings("ignore", "The set_bad function", PendingDeprecationWarning)
