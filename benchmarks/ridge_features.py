@@ -25,14 +25,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from blend import model_groups, model_sections, with_colour_ridge
-from her2st import ROOT
+from her2st import ROOT, mean_r
 from sklearn.linear_model import RidgeCV
 from sklearn.preprocessing import PolynomialFeatures
 
 import st_hist2st as hist2st
 from st_hist2st.nn import patch_features
 from st_hist2st.nn._colour_ridge import ALPHAS
-from st_hist2st.nn._plan import pearson_per_gene
 
 #: Optical-density directions of haematoxylin, eosin and DAB (Ruifrok and Johnston's, as in scikit-image's
 #: ``rgb_from_hed``), as rows; DAB, absent from H&E, takes up what the other two do not explain.
@@ -119,10 +118,6 @@ def ridge_predictions(blocks, targets, trained_on, section, variant) -> np.ndarr
         x, x_test = (x - mean) / scale, (x_test - mean) / scale
     alphas = ALPHAS if mode == "" else np.logspace(-2, 5, 15)
     return RidgeCV(alphas=alphas, alpha_per_target=mode == "per-gene").fit(x, y).predict(x_test)
-
-
-def mean_r(pred: np.ndarray, target: np.ndarray) -> float:
-    return float(np.nanmean(pearson_per_gene(torch.as_tensor(pred), torch.as_tensor(target)).numpy()))
 
 
 def main() -> None:
