@@ -8,8 +8,10 @@ a split, and only then scored on its held-out section. The variants add, to the 
 wide patch: the same 18 on the spot's own quarter of the patch (``spot``) or its central half (``half``);
 optical-density statistics after separating haematoxylin and eosin by colour deconvolution (Ruifrok
 and Johnston's stain vectors, ``stains``); 8-bin histograms of each channel (``histograms``); the 18 averaged over the spot's
-neighbours on the spot graph (``neighbours``); and, on the 18 alone, a penalty chosen per gene
-(``per-gene penalty``) or all products of two features (``pairs``).
+neighbours on the spot graph (``neighbours``); the four texture features of the patch at half and at a quarter of
+its resolution (``coarser textures``); and, on the 18 alone, a penalty chosen per gene (``per-gene penalty``), all
+products of two features (``pairs``), or features standardised over each section's own spots before the fit and
+the prediction (``per-section``), as ``section_norm`` standardises the network's input.
 
     python benchmarks/ridge_features.py --out runs/blend runs/seed1 runs/seed2
 """
@@ -48,6 +50,8 @@ VARIANTS = {
     "+ neighbours": (["base", "neighbours"], ""),
     "per-gene penalty": (["base"], "per-gene"),
     "pairs": (["base"], "pairs"),
+    "+ coarser textures": (["base", "coarse"], ""),
+    "per-section": (["base"], "per-section"),
 }
 
 
@@ -100,15 +104,23 @@ def feature_blocks(section) -> dict[str, np.ndarray]:
         "stains": stain_features(patches).numpy(),
         "histograms": channel_histograms(patches).numpy(),
         "neighbours": neighbour_mean(base, section.edge_index.numpy()),
+        "coarse": np.concatenate(
+            [patch_features(F.avg_pool2d(patches.float(), k)).numpy()[:, -4:] for k in (2, 4)], axis=1
+        ),
     }
 
 
 def ridge_predictions(blocks, targets, trained_on, section, variant) -> np.ndarray:
     """Predictions on ``section`` of a ridge of ``variant`` fitted on the ``trained_on`` sections."""
     names, mode = VARIANTS[variant]
-    x = np.concatenate([np.concatenate([blocks[s][b] for b in names], 1) for s in trained_on]).astype(np.float64)
+
+    def section_features(s: str) -> np.ndarray:
+        x = np.concatenate([blocks[s][b] for b in names], 1).astype(np.float64)
+        return (x - x.mean(0)) / (x.std(0) + 1e-8) if mode == "per-section" else x
+
+    x = np.concatenate([section_features(s) for s in trained_on])
     y = np.concatenate([targets[s] for s in trained_on]).astype(np.float64)
-    x_test = np.concatenate([blocks[section][b] for b in names], 1).astype(np.float64)
+    x_test = section_features(section)
     mean, scale = x.mean(0), x.std(0) + 1e-8
     x, x_test = (x - mean) / scale, (x_test - mean) / scale
     if mode == "pairs":
@@ -116,7 +128,7 @@ def ridge_predictions(blocks, targets, trained_on, section, variant) -> np.ndarr
         x, x_test = expand.transform(x), expand.transform(x_test)
         mean, scale = x.mean(0), x.std(0) + 1e-8
         x, x_test = (x - mean) / scale, (x_test - mean) / scale
-    alphas = ALPHAS if mode == "" else np.logspace(-2, 5, 15)
+    alphas = ALPHAS if mode in ("", "per-section") else np.logspace(-2, 5, 15)
     return RidgeCV(alphas=alphas, alpha_per_target=mode == "per-gene").fit(x, y).predict(x_test)
 
 
