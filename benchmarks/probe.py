@@ -9,6 +9,9 @@ For a saved model and its held-out her2st section, prints the held-out mean Pear
 - the average of the model's and the ridge's predictions, each standardised per gene over the held-out
   section's spots (no measured value is used), which tells whether the two see the same thing.
 
+Then, for each section the model was trained on, the mean r there of the model and of the ridge (fitted on
+the same sections): how closely each fits its own training spots.
+
     python benchmarks/her2st.py --test C4 --set field_of_view=4 dihedral=true crop_size=null --out runs/wide
     python benchmarks/probe.py runs/wide/model_C4_seed0 --section C4
 """
@@ -80,6 +83,15 @@ def main() -> None:
     }
     for name, r in scores.items():
         print(f"{args.section}: {name}: mean r {r:.4f}", flush=True)
+    _, ridge_fit = ridge_r(features, y, train, train)
+    fitted = library[train]
+    for section in np.unique(fitted):
+        idx, own = library == section, fitted == section
+        print(
+            f"{section} (trained on): model {mean_r(pred[idx], y[idx]):.4f}, "
+            f"ridge {mean_r(ridge_fit[own], y[idx]):.4f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
