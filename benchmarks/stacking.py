@@ -82,20 +82,17 @@ def main() -> None:
             colour = ridge(
                 [features[s] for s in trained_on], [targets[s] for s in trained_on], features[section], ALPHAS
             )
+            probes = [
+                ridge(
+                    [o["rep", s] for s in trained_on], [targets[s] for s in trained_on], o["rep", section], PROBE_ALPHAS
+                )
+                for o in outputs
+            ]
             for n in sorted({1, len(paths)}):  # the first folder's model alone (the inner models), and all seeds
-                probes = [
-                    ridge(
-                        [o["rep", s] for s in trained_on],
-                        [targets[s] for s in trained_on],
-                        o["rep", section],
-                        PROBE_ALPHAS,
-                    )
-                    for o in outputs[:n]
-                ]
                 parts[trained_on, section, n] = {
                     "one": np.mean([o["one", section] for o in outputs[:n]], 0),
                     "eight": np.mean([o["eight", section] for o in outputs[:n]], 0),
-                    "probe": np.mean(probes, 0),
+                    "probe": np.mean(probes[:n], 0),
                     "ridge": colour,
                 }
             print(f"{'+'.join(trained_on)} ({len(paths)} models) on {section} scored", flush=True)
