@@ -24,16 +24,12 @@ import numpy as np
 import torch
 from blend import model_sections, with_colour_ridge
 from her2st import ROOT, mean_r, train_models
-from stacking import ridge
+from stacking import features_of, ridge
 
 import st_hist2st as hist2st
 import st_hist2st._model as model_module
-from st_hist2st.nn import ColourRidge, patch_features
+from st_hist2st.nn import ColourRidge
 from st_hist2st.nn._colour_ridge import ALPHAS
-
-
-def features_of(section) -> torch.Tensor:
-    return patch_features(section.patches_of(np.arange(section.n_spots)))
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import torch
 from blend import model_groups, model_sections, with_colour_ridge
 from her2st import ROOT, mean_r
 from probe import representation_and_prediction
@@ -45,6 +46,11 @@ def ridge(x_train: list[np.ndarray], y_train: list[np.ndarray], x_test: np.ndarr
     x, y = np.concatenate(x_train).astype(np.float64), np.concatenate(y_train).astype(np.float64)
     mean, scale = x.mean(0), x.std(0) + 1e-8
     return RidgeCV(alphas=alphas).fit((x - mean) / scale, y).predict((x_test - mean) / scale)
+
+
+def features_of(section) -> torch.Tensor:
+    """The colour ridge's 18 features of every spot of a cut ``section``."""
+    return patch_features(section.patches_of(np.arange(section.n_spots)))
 
 
 def model_outputs(model, adata, sections, trained_on) -> dict[str, np.ndarray]:
@@ -70,7 +76,7 @@ def main() -> None:
     groups = model_groups(args.out)
     first = hist2st.Hist2ST.load(next(iter(groups.values()))[0])
     cut = {s.library_id: s for s in model_sections(first, adata, sections)}
-    features = {name: patch_features(s.patches_of(np.arange(s.n_spots))).numpy() for name, s in cut.items()}
+    features = {name: features_of(s).numpy() for name, s in cut.items()}
     targets = {name: s.targets.numpy().astype(np.float64) for name, s in cut.items()}
     parts = {}  # (trained on, scored on, seeds) -> {"one" | "eight" | "probe" | "ridge": prediction}
     for trained_on, paths in groups.items():
