@@ -7,6 +7,14 @@ ZINB term, the coverage of their 80 % and 95 % predictive intervals.
 
     python benchmarks/her2st.py --test C3 --minutes 30 --preset fast
 
+A training that takes longer than one sitting (``--preset paper`` on a CPU: about a minute per epoch) can be
+stopped and continued: with ``--checkpoints DIR`` each model's training state is written to
+``DIR/{held-out}_seed{seed}`` after every epoch, and the same command run again continues from there. Lightning
+keeps the time already spent in the checkpoint, so ``--minutes`` is the budget of all sittings together.
+
+    python benchmarks/her2st.py --test B4 --preset paper --minutes 120 --checkpoints runs/paper --out runs/paper
+    python benchmarks/her2st.py --test B4 --preset paper --minutes 240 --checkpoints runs/paper --out runs/paper
+
 The models crop the paper's 112 pixels around each spot (``--crop-size``), except where the preset (``'wide'``,
 or the package's default ``'blend'``) or ``--set`` gives a ``field_of_view``: then they crop that many spot
 diameters.
@@ -172,6 +180,13 @@ def main() -> None:
         "--out", default=None, help="write the training history and the trained model of each split here"
     )
     parser.add_argument(
+        "--checkpoints",
+        default=None,
+        metavar="DIR",
+        help="write each model's training state here after every epoch and continue from it when run again "
+        "(--minutes then counts the earlier runs' time too); not with --nested",
+    )
+    parser.add_argument(
         "--nested", action="store_true", help="choose among --candidate by inner leave-one-out, then report"
     )
     parser.add_argument(
@@ -198,6 +213,8 @@ def main() -> None:
         help="with --nested, also train one 'paper' model per split for its 350 epochs or this many minutes",
     )
     args = parser.parse_args()
+    if args.checkpoints and args.nested:
+        parser.error("--checkpoints is for single trainings: --nested trains many candidates on the same sections")
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
@@ -279,6 +296,12 @@ def train_models(adata, genes, train, validation, args, settings, minutes, callb
         left = minutes - (time.perf_counter() - t0) / 60
         keep = adata.obs["library_id"].isin([*train, validation]).to_numpy()
         subset = adata if keep.all() else adata[keep]  # a view: a copy would copy every full-resolution image
+        state = {}
+        if getattr(args, "checkpoints", None):
+            folder = Path(args.checkpoints) / f"{validation}_seed{args.seed + k}"
+            state = {"checkpoint_dir": folder, "resume": folder if (folder / "last.ckpt").exists() else None}
+            if state["resume"]:
+                print(f"continuing the training saved in {folder}", flush=True)
         models.append(
             hist2st.tl.fit(
                 subset,
@@ -295,6 +318,7 @@ def train_models(adata, genes, train, validation, args, settings, minutes, callb
                     "max_time": {"minutes": max(left, 0.01) / (args.models - k)},
                     "callbacks": list(callbacks),
                 },
+                **state,
                 **settings,
             )
         )

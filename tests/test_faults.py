@@ -324,6 +324,40 @@ def test_a_resumed_fit_ends_with_the_weights_of_an_uninterrupted_one(adata, tiny
     np.testing.assert_array_equal(resumed.history["train_loss"], whole.history["train_loss"])
 
 
+class StopAfterBatch(L.Callback):
+    """Stop the fit after the first batch of ``epoch``, as Lightning's ``max_time`` does when time runs out."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == 0:
+            trainer.should_stop = True
+
+
+def test_a_fit_stopped_within_an_epoch_resumes_from_the_last_whole_one(adata, tiny, tmp_path):
+    tiny = {**tiny, "dropout": 0.1}
+    settings = {**RESUMABLE, "crops_per_section": 2}  # several steps per epoch, so a stop can fall inside one
+    whole = hist2st.tl.fit(adata, "hires", **settings, **FAST, **tiny)
+    hist2st.tl.fit(
+        adata,
+        "hires",
+        checkpoint_dir=tmp_path,
+        trainer_kwargs={"callbacks": [StopAfterBatch(2)]},
+        **settings,
+        **FAST,
+        **tiny,
+    )
+    saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 1  # the last whole epoch, not the cut one
+    resumed = hist2st.tl.fit(adata, "hires", resume=tmp_path, **settings, **FAST, **tiny)
+    assert resumed.history["epoch"].tolist() == [0, 1, 2, 3]
+    np.testing.assert_array_equal(resumed.history["lr"], whole.history["lr"])
+    np.testing.assert_array_equal(resumed.history["train_loss"], whole.history["train_loss"])
+    for name, value in whole.module.state_dict().items():
+        torch.testing.assert_close(resumed.module.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
 def test_ctrl_c_raises_keyboard_interrupt_and_keeps_the_handler(adata, tiny):
     handler = signal.getsignal(signal.SIGINT)
     model = hist2st.Hist2ST(list(adata.var_names), **tiny)

@@ -77,6 +77,8 @@ def make_trainer(
 
     ``trainer_kwargs`` override these settings; its ``callbacks`` are added to ``callbacks``.
     """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     extra = dict(trainer_kwargs or {})
     callbacks = list(callbacks) + list(extra.pop("callbacks", None) or [])
     kwargs = {
@@ -94,7 +96,7 @@ def make_trainer(
         "default_root_dir": root,
         "log_every_n_steps": 1,
         "callbacks": callbacks,
-        "enable_checkpointing": any(type(c).__name__ == "ModelCheckpoint" for c in callbacks),
+        "enable_checkpointing": any(isinstance(c, ModelCheckpoint) for c in callbacks),
         **extra,
     }
     with no_lightning_advert():
@@ -116,10 +118,20 @@ def lightning_notices(*, resuming: bool) -> Iterator[None]:
 
 
 def last_checkpoint(checkpoint_dir: str | Path) -> L.Callback:
-    """A checkpoint of the whole training state written to ``checkpoint_dir/last.ckpt`` after every epoch."""
+    """A checkpoint of the whole training state written to ``checkpoint_dir/last.ckpt`` after every whole epoch.
+
+    An epoch cut short (``max_time`` running out, a callback stopping the fit) is not written: resuming from
+    within an epoch would repeat its schedule step and its history row, so the fit continues from the epoch
+    before.
+    """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    return ModelCheckpoint(
+    class WholeEpochCheckpoint(ModelCheckpoint):
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if trainer.fit_loop.epoch_loop.batch_progress.current.completed >= trainer.num_training_batches:
+                super().on_train_epoch_end(trainer, pl_module)
+
+    return WholeEpochCheckpoint(
         dirpath=str(checkpoint_dir),
         filename=Path(LAST_CHECKPOINT).stem,
         save_top_k=1,
