@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                 metavar="KEY=VALUE",
                 help="an Architecture or Training setting, e.g. --set depth2=4 --set learning_rate=3e-4",
             )
-            p.add_argument("--checkpoint-dir", help="write the training state here after every epoch")
+            p.add_argument("--checkpoint-dir", help="write the training state here after every whole epoch")
             p.add_argument("--resume", help="continue the fit saved in this checkpoint folder or .ckpt file")
             p.add_argument("--epochs", type=int)
             p.add_argument("--validation", nargs="*")

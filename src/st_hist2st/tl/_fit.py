@@ -118,8 +118,8 @@ def fit(
         Seed of the initial weights, the augmentations and the order of sections.
     checkpoint_dir
         Folder where the whole training state (weights, optimiser, schedule, epoch, random generators,
-        history) is written after every epoch, as ``last.ckpt``; a fit stopped early continues from it with
-        ``resume``.
+        history) is written after every whole epoch, as ``last.ckpt``; a fit stopped early continues from it
+        with ``resume`` (an epoch cut short is trained again).
     resume
         A ``checkpoint_dir`` (or a ``.ckpt`` file in one) of an earlier fit with the same data and settings:
         training continues from its last completed epoch and ends with the weights an uninterrupted fit with the
