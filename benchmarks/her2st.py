@@ -57,6 +57,7 @@ import torch
 
 import st_hist2st as hist2st
 from st_hist2st._data._targets import expression_targets
+from st_hist2st._training_run import LAST_CHECKPOINT
 from st_hist2st.nn import patch_features
 from st_hist2st.nn._plan import pearson_per_gene
 from st_hist2st.nn._training import preset
@@ -232,7 +233,9 @@ def main() -> None:
     for test in args.test or sections:
         train = [s for s in sections if s != test]
         t0 = time.perf_counter()
-        models = train_models(adata, genes, train, test, args, settings, args.minutes, callbacks=[PrintEpochs()])
+        models = train_models(
+            adata, genes, train, test, args, settings, args.minutes, [PrintEpochs()], checkpoints=args.checkpoints
+        )
         minutes = (time.perf_counter() - t0) / 60
         held = adata[adata.obs["library_id"] == test].copy()
         observed = targets(held, genes)
@@ -287,8 +290,9 @@ def model_crop(args, settings: dict) -> float | None:
     return None if arch.get("field_of_view", 1) != 1 else PAPER_CROP
 
 
-def train_models(adata, genes, train, validation, args, settings, minutes, callbacks=()) -> list:
-    """``--models`` models (seeds ``--seed``, ``--seed`` + 1, ...) on ``train`` within ``minutes``."""
+def train_models(adata, genes, train, validation, args, settings, minutes, callbacks=(), checkpoints=None) -> list:
+    """``--models`` models (seeds ``--seed``, ``--seed`` + 1, ...) on ``train`` within ``minutes``; with a
+    ``checkpoints`` folder, each keeps its training state there and continues the one it finds."""
     models, t0 = [], time.perf_counter()
     settings = dict(settings)
     crop_size = model_crop(args, settings)
@@ -297,9 +301,9 @@ def train_models(adata, genes, train, validation, args, settings, minutes, callb
         keep = adata.obs["library_id"].isin([*train, validation]).to_numpy()
         subset = adata if keep.all() else adata[keep]  # a view: a copy would copy every full-resolution image
         state = {}
-        if getattr(args, "checkpoints", None):
-            folder = Path(args.checkpoints) / f"{validation}_seed{args.seed + k}"
-            state = {"checkpoint_dir": folder, "resume": folder if (folder / "last.ckpt").exists() else None}
+        if checkpoints:
+            folder = Path(checkpoints) / f"{validation}_seed{args.seed + k}"
+            state = {"checkpoint_dir": folder, "resume": folder if (folder / LAST_CHECKPOINT).exists() else None}
             if state["resume"]:
                 print(f"continuing the training saved in {folder}", flush=True)
         models.append(

@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +78,6 @@ def make_trainer(
 
     ``trainer_kwargs`` override these settings; its ``callbacks`` are added to ``callbacks``.
     """
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     extra = dict(trainer_kwargs or {})
     callbacks = list(callbacks) + list(extra.pop("callbacks", None) or [])
     kwargs = {
@@ -117,20 +116,21 @@ def lightning_notices(*, resuming: bool) -> Iterator[None]:
         yield
 
 
-def last_checkpoint(checkpoint_dir: str | Path) -> L.Callback:
-    """A checkpoint of the whole training state written to ``checkpoint_dir/last.ckpt`` after every whole epoch.
+class WholeEpochCheckpoint(ModelCheckpoint):
+    """Lightning's checkpoint, written only at the end of an epoch that ran all its batches.
 
     An epoch cut short (``max_time`` running out, a callback stopping the fit) is not written: resuming from
     within an epoch would repeat its schedule step and its history row, so the fit continues from the epoch
     before.
     """
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    class WholeEpochCheckpoint(ModelCheckpoint):
-        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-            if trainer.fit_loop.epoch_loop.batch_progress.current.completed >= trainer.num_training_batches:
-                super().on_train_epoch_end(trainer, pl_module)
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.current.completed >= trainer.num_training_batches:
+            super().on_train_epoch_end(trainer, pl_module)
 
+
+def last_checkpoint(checkpoint_dir: str | Path) -> L.Callback:
+    """A checkpoint of the whole training state written to ``checkpoint_dir/last.ckpt`` after every whole epoch."""
     return WholeEpochCheckpoint(
         dirpath=str(checkpoint_dir),
         filename=Path(LAST_CHECKPOINT).stem,
