@@ -39,7 +39,9 @@ class Training:
         Augmented passes for self-distillation.
     batch_passes
         Run the clean and the augmented passes as one batch (faster; BatchNorm statistics then span all
-        passes); ``False`` runs them one after the other as the original code does.
+        passes); ``False`` runs them one after the other as the original code does. On her2st the batched
+        passes cost held-out accuracy (the clean patches are normalised with the augmented copies) and
+        ``False`` did not: use ``False`` where ``bake`` is above 0.
     max_epochs
         Epochs to train; one step per section.
     crop_fraction
