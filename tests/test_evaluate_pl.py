@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import types
 import warnings
 
 import matplotlib
@@ -168,6 +169,18 @@ def test_gene_correlation_and_history_plots(predicted, trained, tmp_path):
     fig2, ax2 = plt.subplots()
     assert hist2st.pl.training_history(trained, ax=ax2, save=tmp_path / "th.png", return_fig=True, show=False) is fig2
     assert (tmp_path / "th.png").exists()
+    plt.close("all")
+
+
+def test_history_plot_leaves_out_an_epoch_cut_short():
+    history = pd.DataFrame(
+        {"epoch": [0, 1, 2], "train_loss": [3.0, 2.0, 9.0], "val_pearson": [0.1, 0.2, np.nan], "complete": [1, 1, 0]}
+    )
+    ax = hist2st.pl.training_history(types.SimpleNamespace(history=history), show=False)
+    np.testing.assert_array_equal(ax.lines[0].get_xdata(), [1, 2])
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), [3.0, 2.0])
+    with pytest.raises(ValueError, match="within its first epoch"):
+        hist2st.pl.training_history(types.SimpleNamespace(history=history.iloc[2:]), show=False)
     plt.close("all")
 
 

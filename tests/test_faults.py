@@ -339,7 +339,7 @@ def test_a_fit_stopped_within_an_epoch_resumes_from_the_last_whole_one(adata, ti
     tiny = {**tiny, "dropout": 0.1}
     settings = {**RESUMABLE, "crops_per_section": 2}  # several steps per epoch, so a stop can fall inside one
     whole = hist2st.tl.fit(adata, "hires", **settings, **FAST, **tiny)
-    hist2st.tl.fit(
+    stopped = hist2st.tl.fit(
         adata,
         "hires",
         checkpoint_dir=tmp_path,
@@ -348,6 +348,10 @@ def test_a_fit_stopped_within_an_epoch_resumes_from_the_last_whole_one(adata, ti
         **FAST,
         **tiny,
     )
+    # the cut epoch keeps its row (its step changed the weights), marked so curves and counts can leave it out
+    assert stopped.history["epoch"].tolist() == [0, 1, 2]
+    assert stopped.history["complete"].tolist() == [True, True, False]
+    assert whole.history["complete"].all()
     saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["epoch"] == 1  # the last whole epoch, not the cut one
     resumed = hist2st.tl.fit(adata, "hires", resume=tmp_path, **settings, **FAST, **tiny)

@@ -68,7 +68,9 @@ def demo(args: argparse.Namespace) -> int:
     hist2st.tl.evaluate(held, copy=False)
     table = held.uns["hist2st_pearson"]["table"]
     r = held.uns["hist2st_pearson"]["mean_r"]
-    print(f"trained {len(model.history)} epochs in {(time.perf_counter() - t0) / 60:.1f} min")
+    whole = int(model.history["complete"].sum())
+    cut = "" if whole == len(model.history) else " and part of one more (`--minutes` ran out)"
+    print(f"trained {whole} epochs{cut} in {(time.perf_counter() - t0) / 60:.1f} min")
     print(
         f"held-out section {test}: mean Pearson r over {table['gene'].nunique()} genes = {r:.4f} "
         f"({held.uns['hist2st_pearson']['n_nan']} genes constant, NaN)"

@@ -263,7 +263,11 @@ class Hist2STPlan(L.LightningModule):
         self._epoch_lr = self.optimizers().param_groups[0]["lr"]
 
     def on_train_epoch_end(self) -> None:
-        row = {"epoch": self.current_epoch, "lr": self._epoch_lr}
+        # an epoch that `max_time` or a callback cut short keeps its row, marked, since its steps changed the weights
+        complete = (
+            self.trainer.fit_loop.epoch_loop.batch_progress.current.completed >= self.trainer.num_training_batches
+        )
+        row = {"epoch": self.current_epoch, "lr": self._epoch_lr, "complete": bool(complete)}
         row.update({f"train_{k}": self._gather_mean(v) for k, v in self._epoch_sums.items()})
         row.update(getattr(self, "_val_stats", {}))
         self._epoch_sums, self._val_stats = {}, {}

@@ -96,6 +96,8 @@ def training_history(
 ) -> Axes | Figure | None:
     """Training losses and validation Pearson r per epoch.
 
+    An epoch cut short (``max_time`` ran out) is left out: its losses average only the steps it ran.
+
     Parameters
     ----------
     model
@@ -116,6 +118,10 @@ def training_history(
     history = getattr(model, "history", None)
     if history is None or len(history) == 0:
         raise ValueError("The model has no training history; train it with `hist2st.tl.fit` first.")
+    if "complete" in history:  # histories saved before the column existed hold whole epochs only
+        history = history[history["complete"].astype(bool)]
+    if len(history) == 0:
+        raise ValueError("The model's training stopped within its first epoch; there is no whole epoch to plot.")
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 4))
     epochs = history["epoch"].to_numpy() + 1
