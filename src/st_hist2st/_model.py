@@ -109,9 +109,9 @@ class Hist2ST:
         self.training = training
         #: Settings used to turn an AnnData into model input; filled by :meth:`fit`.
         self.preprocessing: dict[str, Any] = {}
-        #: One row per epoch trained: ``epoch``, ``lr``, the mean of each loss term (``train_*``), the validation
-        #: figures (``val_pearson``, ``val_mse``) when libraries were held out, and ``complete``, ``False`` for an
-        #: epoch cut short by ``max_time`` or a callback (its losses cover only the steps it ran).
+        #: One row per epoch trained, with ``epoch``, ``lr``, the mean of each loss term (``train_*``), the
+        #: validation figures (``val_pearson``, ``val_mse``) when libraries were held out, and ``complete``,
+        #: ``False`` for an epoch cut short by ``max_time`` or a callback (its losses cover only the steps it ran).
         self.history: pd.DataFrame = pd.DataFrame()
         self.is_trained = False
         with seeded(seed):
