@@ -118,7 +118,7 @@ def training_history(
     history = getattr(model, "history", None)
     if history is None or len(history) == 0:
         raise ValueError("The model has no training history; train it with `hist2st.tl.fit` first.")
-    if "complete" in history:  # histories saved before the column existed hold whole epochs only
+    if "complete" in history:  # histories saved before the column existed do not mark a cut epoch
         history = history[history["complete"].astype(bool)]
     if len(history) == 0:
         raise ValueError("The model's training stopped within its first epoch; there is no whole epoch to plot.")
