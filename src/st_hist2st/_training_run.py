@@ -15,6 +15,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from st_hist2st.nn._plan import epoch_ran_all_batches
+
 logger = logging.getLogger(__name__)
 
 #: File name of the checkpoint that ``checkpoint_dir`` keeps (the last completed epoch).
@@ -125,7 +127,7 @@ class WholeEpochCheckpoint(ModelCheckpoint):
     """
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.fit_loop.epoch_loop.batch_progress.current.completed >= trainer.num_training_batches:
+        if epoch_ran_all_batches(trainer):
             super().on_train_epoch_end(trainer, pl_module)
 
 

@@ -67,6 +67,11 @@ def check_step_in_backward(trainer: L.Trainer) -> None:
         )
 
 
+def epoch_ran_all_batches(trainer: L.Trainer) -> bool:
+    """Whether the epoch ending now ran all its batches (``max_time`` or a callback can stop it within)."""
+    return bool(trainer.fit_loop.epoch_loop.batch_progress.current.completed >= trainer.num_training_batches)
+
+
 class Hist2STPlan(L.LightningModule):
     """Lightning training plan: one section per step, losses of the paper, validation Pearson r per section.
 
@@ -264,10 +269,7 @@ class Hist2STPlan(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         # an epoch that `max_time` or a callback cut short keeps its row, marked, since its steps changed the weights
-        complete = (
-            self.trainer.fit_loop.epoch_loop.batch_progress.current.completed >= self.trainer.num_training_batches
-        )
-        row = {"epoch": self.current_epoch, "lr": self._epoch_lr, "complete": bool(complete)}
+        row = {"epoch": self.current_epoch, "lr": self._epoch_lr, "complete": epoch_ran_all_batches(self.trainer)}
         row.update({f"train_{k}": self._gather_mean(v) for k, v in self._epoch_sums.items()})
         row.update(getattr(self, "_val_stats", {}))
         self._epoch_sums, self._val_stats = {}, {}
