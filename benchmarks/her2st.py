@@ -79,6 +79,7 @@ def colour_texture_features(patches: np.ndarray) -> np.ndarray:
 def ridge_r(feats, y, tr, te) -> tuple[float, np.ndarray]:
     from sklearn.linear_model import RidgeCV
 
+    feats, y = np.asarray(feats, dtype=np.float64), np.asarray(y, dtype=np.float64)
     mu, sd = feats[tr].mean(0), feats[tr].std(0) + 1e-8
     model = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit((feats[tr] - mu) / sd, y[tr])
     pred = model.predict((feats[te] - mu) / sd)
