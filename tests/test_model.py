@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -148,6 +150,23 @@ def test_losses_are_finite_and_gradients_reach_every_part(batch_passes, tiny):
     net = plan.net
     for part in (net.encoder, net.transformer, net.gnn, net.gene_head, net.zinb, net.pass_weight):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters()), part
+
+
+@pytest.mark.parametrize("batch_passes", [True, False])
+def test_only_batched_passes_change_the_clean_prediction(batch_passes, tiny):
+    # batched, BatchNorm normalises the clean patches with the augmented copies; one after the other it does not
+    arch, training = preset("paper", **tiny, n_genes=5, bake=2, batch_passes=batch_passes)
+    plan = Hist2STPlan({**arch, "n_genes": 5}, training.to_dict())
+    batch = _batch()
+    with_passes = plan.losses(batch)["mse"]
+    plan.settings = dataclasses.replace(plan.settings, bake=0)
+    without = plan.losses(batch)["mse"]
+    assert torch.equal(with_passes, without) != batch_passes
+
+
+def test_the_distillation_passes_run_one_after_the_other_by_default():
+    assert Training().batch_passes is False
+    assert preset("paper")[1].batch_passes is False
 
 
 def test_the_correlation_loss_is_added_with_its_weight(tiny):
