@@ -50,6 +50,28 @@ def test_colour_ridge_fits_as_a_ridge_on_standardised_features(rng):
         ColourRidge(4).fit(torch.zeros(1, len(FEATURE_NAMES)), torch.zeros(1, 4))
 
 
+def test_colour_ridge_of_a_rank_projects_onto_the_leading_programmes_of_the_training_expression(rng):
+    features = rng.normal(size=(80, len(FEATURE_NAMES)))
+    programmes = rng.normal(size=(3, 12))
+    targets = features[:, :3] @ programmes + rng.normal(scale=0.5, size=(80, 12))
+    x, y = torch.as_tensor(features), torch.as_tensor(targets)
+    full = ColourRidge(12).fit(x, y)
+    reduced = ColourRidge(12, rank=2).fit(x, y)
+    centred = targets - targets.mean(0)
+    components = np.linalg.svd(centred, full_matrices=False)[2][:2]
+    with torch.no_grad():
+        got = reduced(x.float()).numpy()
+        expected = targets.mean(0) + (full(x.float()).numpy() - targets.mean(0)) @ components.T @ components
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    # what it predicts varies only along the two programmes
+    assert np.linalg.matrix_rank(got - got.mean(0), tol=1e-3) == 2
+    # a rank of every gene or more is the full-rank ridge
+    with torch.no_grad():
+        np.testing.assert_array_equal(ColourRidge(12, rank=12).fit(x, y)(x.float()).numpy(), full(x.float()).numpy())
+    with pytest.raises(ValueError, match="`rank` must be at least 1"):
+        ColourRidge(12, rank=0)
+
+
 def test_colour_ridge_is_blended_into_the_predictions_and_leaves_the_network_as_it_trains(adata, tiny, tmp_path):
     common = {"preset": "wide", "max_epochs": 2, "show_progress_bar": False, "validation_libraries": ["S1"], **tiny}
     alone = hist2st.tl.fit(adata, "hires", **common)
@@ -94,3 +116,23 @@ def test_colour_ridge_weight_is_checked_and_no_ridge_is_built_without_one(tiny):
         Architecture(colour_ridge=1.5)
     assert Hist2STModule(Architecture(n_genes=3, **tiny)).colour_ridge is None
     assert Hist2STModule(Architecture(n_genes=3, colour_ridge=0.5, **tiny)).colour_ridge is not None
+    with pytest.raises(ValueError, match="`colour_ridge_rank` must be at least 1, or None"):
+        Architecture(colour_ridge=0.5, colour_ridge_rank=0)
+    module = Hist2STModule(Architecture(n_genes=3, colour_ridge=0.5, colour_ridge_rank=2, **tiny))
+    assert module.colour_ridge.rank == 2
+
+
+def test_colour_ridge_rank_is_kept_with_the_model(adata, tiny, tmp_path):
+    common = {"preset": "wide", "max_epochs": 1, "show_progress_bar": False, **tiny}
+    model = hist2st.tl.fit(adata, "hires", colour_ridge=0.5, colour_ridge_rank=1, **common)
+    ridge = model.module.colour_ridge
+    # one programme: every gene's ridge coefficients are multiples of one another
+    assert np.linalg.matrix_rank(ridge.weight.numpy(), tol=1e-5) == 1
+    card = (model.save_pretrained(tmp_path / "card") / "README.md").read_text()
+    assert "projected onto the 1 leading principal component" in card
+    model.save(tmp_path / "model")
+    loaded = hist2st.Hist2ST.load(tmp_path / "model")
+    assert loaded.architecture.colour_ridge_rank == 1 and loaded.module.colour_ridge.rank == 1
+    np.testing.assert_array_equal(
+        loaded.predict(adata, show_progress_bar=False), model.predict(adata, show_progress_bar=False)
+    )

@@ -263,9 +263,17 @@ def model_card(config: dict[str, Any], n_parameters: int, notes: dict[str, Any] 
     if last.get("val_pearson") is not None:
         lines.append(f"| validation mean Pearson r (last epoch) | {last['val_pearson']:.4f} |")
     if arch.get("colour_ridge", 0) > 0:
+        rank = arch.get("colour_ridge_rank")
+        projected = (
+            ""
+            if rank is None
+            else f", its predictions projected onto the {rank} leading principal "
+            f"component{'s' if rank > 1 else ''} of the training expression"
+        )
         lines.append(
             f"| colour ridge | weight {arch['colour_ridge']:g} in the predictions: a ridge regression on 18 colour and "
-            "texture features of each patch, fitted on the training spots (validation r is the network's alone) |"
+            f"texture features of each patch, fitted on the training spots{projected} (validation r is the "
+            "network's alone) |"
         )
     lines += [f"| {key} | {value} |" for key, value in notes.items()]
     return "\n".join(lines) + "\n"

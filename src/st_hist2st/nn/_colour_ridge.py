@@ -61,13 +61,29 @@ class ColourRidge(nn.Module):
     ``RidgeCV``). Until then :attr:`is_fitted` is false. :class:`~st_hist2st.nn.Hist2STModule` holds one where
     ``Architecture.colour_ridge`` is above 0.
 
+    With a ``rank``, the fitted predictions are projected onto the ``rank`` leading principal components of the
+    training targets (reduced-rank regression): each gene is then predicted from the few expression programmes
+    that vary most over the training spots, instead of from coefficients of its own, which for a gene with
+    little signal mostly fit noise. The projection is folded into the coefficients, so prediction costs the same.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes predicted.
+    rank
+        Number of principal components of the training targets the predictions are projected onto; ``None``
+        (or at least the number of genes or of training spots) keeps a ridge of full rank.
+
     Shapes
     ------
     input ``(n, 18)`` features, output ``(n, n_genes)``.
     """
 
-    def __init__(self, n_genes: int) -> None:
+    def __init__(self, n_genes: int, rank: int | None = None) -> None:
         super().__init__()
+        if rank is not None and rank < 1:
+            raise ValueError(f"`rank` must be at least 1 (or None for a full-rank ridge), got {rank}.")
+        self.rank = rank
         n_features = len(FEATURE_NAMES)
         self.register_buffer("mean", torch.zeros(n_features))
         self.register_buffer("scale", torch.ones(n_features))
@@ -90,11 +106,17 @@ class ColourRidge(nn.Module):
             raise ValueError(f"The colour ridge needs at least 2 training spots, got {len(x)}.")
         mean, scale = x.mean(0), x.std(0) + 1e-8
         ridge = RidgeCV(alphas=ALPHAS).fit((x - mean) / scale, y)
+        weight, bias = np.atleast_2d(ridge.coef_), np.atleast_1d(ridge.intercept_)
+        if self.rank is not None and self.rank < min(len(y) - 1, y.shape[1]):
+            components = leading_components(y - y.mean(0), self.rank)
+            projection = components.T @ components
+            weight = projection @ weight
+            bias = y.mean(0) + projection @ (bias - y.mean(0))
         for name, value in (
             ("mean", mean),
             ("scale", scale),
-            ("weight", np.atleast_2d(ridge.coef_)),
-            ("bias", np.atleast_1d(ridge.intercept_)),
+            ("weight", weight),
+            ("bias", bias),
             ("alpha", np.asarray(ridge.alpha_)),
         ):
             getattr(self, name).copy_(torch.as_tensor(value, dtype=torch.float32))
@@ -102,3 +124,12 @@ class ColourRidge(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.linear((features.float() - self.mean) / self.scale, self.weight, self.bias)
+
+
+def leading_components(centred: np.ndarray, rank: int) -> np.ndarray:
+    """The ``rank`` leading right singular vectors of ``centred`` (spots by genes), ``(rank, n_genes)``."""
+    if min(centred.shape) <= 4096:
+        return np.linalg.svd(centred, full_matrices=False)[2][:rank]
+    from sklearn.utils.extmath import randomized_svd
+
+    return randomized_svd(centred, rank, random_state=0)[2]

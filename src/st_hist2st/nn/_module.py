@@ -89,6 +89,10 @@ class Architecture:
         (:class:`~st_hist2st.nn.ColourRidge`) in the predictions, ``(1 - w) * network + w * ridge``. The ridge
         is fitted in closed form on the training spots after the network has trained, and does not change how
         the network trains; ``0`` predicts with the network alone, as the paper.
+    colour_ridge_rank
+        Project the colour ridge's predictions onto this many principal components of the training expression
+        (reduced-rank regression, see :class:`~st_hist2st.nn.ColourRidge`); ``None`` keeps a ridge of full
+        rank. Only used where ``colour_ridge`` is above 0.
     """
 
     n_genes: int = 785
@@ -113,6 +117,7 @@ class Architecture:
     section_batchnorm: bool = False
     field_of_view: float = 1.0
     colour_ridge: float = 0.0
+    colour_ridge_rank: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_genes", "fig_size", "patch_size", "channel", "kernel_size", "heads", "dim_head", "n_pos"):
@@ -133,6 +138,10 @@ class Architecture:
             raise ValueError(f"`field_of_view` must be a positive number of spot diameters, got {self.field_of_view}.")
         if not 0 <= self.colour_ridge <= 1:
             raise ValueError(f"`colour_ridge` is a weight in [0, 1], got {self.colour_ridge}.")
+        if self.colour_ridge_rank is not None and self.colour_ridge_rank < 1:
+            raise ValueError(
+                f"`colour_ridge_rank` must be at least 1, or None for a full-rank ridge, got {self.colour_ridge_rank}."
+            )
         if not self.pixel_scale > 0:
             raise ValueError(f"`pixel_scale` must be positive, got {self.pixel_scale}.")
         if self.dim < 1:
@@ -225,7 +234,7 @@ class Hist2STModule(nn.Module):
         self.zinb = ZINBHead(dim, arch.n_genes) if arch.zinb_head else None
         self.pass_weight = PassWeight(dim) if arch.distillation_head else None
         self.gene_head = ExpressionHead(dim, arch.n_genes)
-        self.colour_ridge = ColourRidge(arch.n_genes) if arch.colour_ridge > 0 else None
+        self.colour_ridge = ColourRidge(arch.n_genes, arch.colour_ridge_rank) if arch.colour_ridge > 0 else None
         self.augment = SectionAugment()
         #: Patches encoded at once at prediction (about 0.33 GB of activations for the default network). The
         #: section's statistics are taken first (``section_batchnorm``: in one pass over up to 2,048 patches).

@@ -1,0 +1,101 @@
+"""Nested choice of the colour ridge's rank (``colour_ridge_rank``), and its blend with trained models.
+
+The colour ridge of ``colour_ridge`` predicts each gene from 18 colour and texture features of the spot's patch
+with coefficients of its own. With a rank, its predictions are projected onto that many principal components of
+the training expression (reduced-rank regression, :class:`~st_hist2st.nn.ColourRidge`). The rank is chosen by
+nested validation without a network: for each held-out section, a ridge of each rank is fitted on two of the
+three training sections and scored on the third (each in turn); the rank of best mean inner r is fitted on all
+three and scored on the held-out section. The patches are those of the first saved model under ``--out`` (its
+micrometres and field of view).
+
+Then the saved models under ``--out`` (outer models, trained on three sections by ``benchmarks/her2st.py``;
+models trained on the same sections are averaged, as :func:`st_hist2st.tl.predict` averages a list) are scored
+on their held-out section alone, blended at ``--weight`` with the full-rank ridge (the ``'blend'`` of before),
+and blended with the ridge of the chosen rank; with the Spearman correlation between predicted and observed
+Moran's I over the genes for each.
+
+    python benchmarks/her2st.py --test SECTION --preset wide --seed 0 --out runs/wide
+    python benchmarks/ridge_rank.py --out runs/wide
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+from blend import blended_scores, model_groups, model_sections
+from her2st import ROOT, mean_r
+
+import st_hist2st as hist2st
+from st_hist2st.nn import ColourRidge, patch_features
+
+
+def ridge_state(features, targets, trained_on, rank) -> dict:
+    """The state of a :class:`ColourRidge` of ``rank`` fitted on the ``trained_on`` sections."""
+    ridge = ColourRidge(targets[trained_on[0]].shape[1], rank)
+    x = torch.cat([features[s] for s in trained_on])
+    return ridge.fit(x, torch.cat([targets[s] for s in trained_on])).state_dict()
+
+
+def ridge_r(features, targets, trained_on, section, rank) -> float:
+    """Held-out mean r on ``section`` of a ridge of ``rank`` fitted on the ``trained_on`` sections."""
+    ridge = ColourRidge(targets[section].shape[1])
+    ridge.load_state_dict(ridge_state(features, targets, trained_on, rank))
+    with torch.inference_mode():
+        return mean_r(ridge(features[section]).numpy(), targets[section].numpy())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, nargs="+", help="folders of the saved outer models")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[2, 5, 10, 20, 50], help="ranks tried (and full)")
+    parser.add_argument("--weight", type=float, default=0.5, help="the ridge's weight in the blend")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    adata = hist2st.datasets.her2st(ROOT)
+    sections = list(adata.obs["library_id"].cat.categories)
+    groups = model_groups(args.out)
+    first = hist2st.Hist2ST.load(next(iter(groups.values()))[0])
+    cut = {s.library_id: s for s in model_sections(first, adata, sections)}
+    features = {name: patch_features(s.patches_of(np.arange(s.n_spots))) for name, s in cut.items()}
+    targets = {name: s.targets for name, s in cut.items()}
+    ranks = [None, *args.ranks]
+    rows = []
+    for test in sections:
+        train_on = [s for s in sections if s != test]
+        inner = {
+            rank: np.mean([ridge_r(features, targets, [s for s in train_on if s != v], v, rank) for v in train_on])
+            for rank in ranks
+        }
+        chosen = max(inner, key=inner.get)
+        held = {rank: ridge_r(features, targets, train_on, test, rank) for rank in ranks}
+        print(
+            f"test {test}: ridge by rank, inner / held-out: "
+            + ", ".join(f"{rank or 'full'} {inner[rank]:.4f} / {held[rank]:.4f}" for rank in ranks),
+            flush=True,
+        )
+        row = {"test": test, "rank": chosen or "full", "ridge": held[None], "ridge, chosen rank": held[chosen]}
+        paths = groups.get(tuple(train_on))
+        if paths:
+            models = [hist2st.Hist2ST.load(path) for path in paths]
+            for name, rank in (("full", None), ("chosen rank", chosen)):
+                state = ridge_state(features, targets, train_on, rank)
+                scores = blended_scores(adata, models, state, test, [0.0, args.weight])
+                for key, weight in (("network", 0.0), (f"blend, {name}", args.weight)):
+                    row[key] = scores[test, weight]["mean_r"]
+                    row[f"{key}, Moran"] = scores[test, weight]["moran_spearman"]
+            row["models"] = len(models)
+        rows.append(row)
+    table = pd.DataFrame(rows).set_index("test")
+    print(f"held-out mean r (blends at w={args.weight:g}) and Moran's I Spearman")
+    print(table.round(4).to_string())
+    print("mean: " + ", ".join(f"{k} {v:.4f}" for k, v in table.drop(columns="rank").mean().items()))
+
+
+if __name__ == "__main__":
+    main()
