@@ -96,9 +96,9 @@ def model_sections(model: hist2st.Hist2ST, adata, libraries) -> list:
     )
 
 
-def fitted_ridge_state(model: hist2st.Hist2ST, adata) -> dict:
-    """The state of a colour ridge fitted on the sections ``model`` was trained on."""
-    ridge = hist2st.nn.ColourRidge(len(model.genes))
+def fitted_ridge_state(model: hist2st.Hist2ST, adata, rank: int | None = None) -> dict:
+    """The state of a colour ridge (of ``rank``) fitted on the sections ``model`` was trained on."""
+    ridge = hist2st.nn.ColourRidge(len(model.genes), rank)
     fit_colour_ridge(ridge, model_sections(model, adata, model.preprocessing["train_libraries"]), False)
     return ridge.state_dict()
 

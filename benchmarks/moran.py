@@ -12,6 +12,9 @@ components the predictions and the measurement spread their variance over.
 
     python benchmarks/her2st.py --test C4 --set zinb=0.25 init_zinb_bias=true --out runs/zinb
     python benchmarks/moran.py runs/zinb/model_C4_seed0 --section C4
+
+``--colour-ridge W`` (and ``--colour-ridge-rank K``) scores the model blended with a colour ridge (of rank ``K``)
+fitted on its training sections, as ``'blend'`` predicts.
 """
 
 from __future__ import annotations
@@ -41,13 +44,14 @@ def main() -> None:
         help="blend in a colour ridge fitted on the model's training sections with this weight (for models "
         "trained without one, as benchmarks/blend.py scores them)",
     )
+    parser.add_argument("--colour-ridge-rank", type=int, default=None, help="with --colour-ridge: the ridge's rank")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     adata = hist2st.datasets.her2st(ROOT)
     held = adata[adata.obs["library_id"] == args.section].copy()
     model = hist2st.Hist2ST.load(args.model)
     if args.colour_ridge is not None:
-        model = with_colour_ridge(model, fitted_ridge_state(model, adata), args.colour_ridge)
+        model = with_colour_ridge(model, fitted_ridge_state(model, adata, args.colour_ridge_rank), args.colour_ridge)
     zinb = model.training.zinb > 0
     result = model.predict(held, return_zinb=zinb, show_progress_bar=False)
     pred, params = result if zinb else (result, None)

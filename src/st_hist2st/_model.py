@@ -79,8 +79,8 @@ class Hist2ST:
     genes
         Genes the model predicts, in order.
     preset
-        ``'blend'`` (the default: ``'wide'`` with a ridge on colour and texture features of each patch blended
-        into its predictions), ``'wide'`` (``'fast'`` with a view of four spot diameters around each spot),
+        ``'blend'`` (the default: ``'wide'`` with a ridge on colour and texture features of each patch, of rank
+        5, blended into its predictions), ``'wide'`` (``'fast'`` with a view of four spot diameters around each spot),
         ``'fast'`` (generalises to new sections within minutes on a CPU) or ``'paper'`` (the published network
         and training); see :doc:`/model`.
     seed

@@ -93,8 +93,9 @@ def fit(
         every target alike; ``fit`` refuses targets that are constant everywhere.
     preset
         ``'blend'`` (the default): ``'wide'`` with a ridge regression on 18 colour and texture features of each
-        patch, fitted on the training spots after the network, blended into its predictions with weight 0.5
-        (``colour_ridge=0.5``); nested validation on her2st chose the weight.
+        patch, fitted on the training spots after the network and projected onto the 5 leading principal
+        components of their expression, blended into its predictions with weight 0.5 (``colour_ridge=0.5``,
+        ``colour_ridge_rank=5``); nested validation on her2st chose the weight and the rank.
         ``'wide'``: ``'fast'`` with crops of four spot diameters (``field_of_view=4``, resized to
         the same 112 pixels: the spot and the tissue around it, as far as its neighbours) shown in random
         rotations and mirrors (``dihedral=True``); nested validation on her2st chose it over ``'fast'``.
