@@ -68,7 +68,7 @@ def test_colour_ridge_of_a_rank_projects_onto_the_leading_programmes_of_the_trai
     # a rank of every gene or more is the full-rank ridge
     with torch.no_grad():
         np.testing.assert_array_equal(ColourRidge(12, rank=12).fit(x, y)(x.float()).numpy(), full(x.float()).numpy())
-    with pytest.raises(ValueError, match="`rank` must be at least 1"):
+    with pytest.raises(ValueError, match="`rank` must be a whole number at least 1"):
         ColourRidge(12, rank=0)
 
 
@@ -116,8 +116,9 @@ def test_colour_ridge_weight_is_checked_and_no_ridge_is_built_without_one(tiny):
         Architecture(colour_ridge=1.5)
     assert Hist2STModule(Architecture(n_genes=3, **tiny)).colour_ridge is None
     assert Hist2STModule(Architecture(n_genes=3, colour_ridge=0.5, **tiny)).colour_ridge is not None
-    with pytest.raises(ValueError, match="`colour_ridge_rank` must be at least 1, or None"):
-        Architecture(colour_ridge=0.5, colour_ridge_rank=0)
+    for rank in (0, 2.5, True):
+        with pytest.raises(ValueError, match="`colour_ridge_rank` must be a whole number at least 1, or None"):
+            Architecture(colour_ridge=0.5, colour_ridge_rank=rank)
     module = Hist2STModule(Architecture(n_genes=3, colour_ridge=0.5, colour_ridge_rank=2, **tiny))
     assert module.colour_ridge.rank == 2
 

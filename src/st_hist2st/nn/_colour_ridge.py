@@ -81,8 +81,8 @@ class ColourRidge(nn.Module):
 
     def __init__(self, n_genes: int, rank: int | None = None) -> None:
         super().__init__()
-        if rank is not None and rank < 1:
-            raise ValueError(f"`rank` must be at least 1 (or None for a full-rank ridge), got {rank}.")
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int | np.integer) or rank < 1):
+            raise ValueError(f"`rank` must be a whole number at least 1 (or None for a full-rank ridge), got {rank!r}.")
         self.rank = rank
         n_features = len(FEATURE_NAMES)
         self.register_buffer("mean", torch.zeros(n_features))
@@ -108,10 +108,10 @@ class ColourRidge(nn.Module):
         ridge = RidgeCV(alphas=ALPHAS).fit((x - mean) / scale, y)
         weight, bias = np.atleast_2d(ridge.coef_), np.atleast_1d(ridge.intercept_)
         if self.rank is not None and self.rank < min(len(y) - 1, y.shape[1]):
+            # V^T V applied factor by factor: a genes x genes projection would not fit in memory for a transcriptome
             components = leading_components(y - y.mean(0), self.rank)
-            projection = components.T @ components
-            weight = projection @ weight
-            bias = y.mean(0) + projection @ (bias - y.mean(0))
+            weight = components.T @ (components @ weight)
+            bias = y.mean(0) + components.T @ (components @ (bias - y.mean(0)))
         for name, value in (
             ("mean", mean),
             ("scale", scale),

@@ -138,9 +138,10 @@ class Architecture:
             raise ValueError(f"`field_of_view` must be a positive number of spot diameters, got {self.field_of_view}.")
         if not 0 <= self.colour_ridge <= 1:
             raise ValueError(f"`colour_ridge` is a weight in [0, 1], got {self.colour_ridge}.")
-        if self.colour_ridge_rank is not None and self.colour_ridge_rank < 1:
+        rank = self.colour_ridge_rank
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
             raise ValueError(
-                f"`colour_ridge_rank` must be at least 1, or None for a full-rank ridge, got {self.colour_ridge_rank}."
+                f"`colour_ridge_rank` must be a whole number at least 1, or None for a full-rank ridge, got {rank!r}."
             )
         if not self.pixel_scale > 0:
             raise ValueError(f"`pixel_scale` must be positive, got {self.pixel_scale}.")
