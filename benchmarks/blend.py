@@ -40,12 +40,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from her2st import ROOT, train_models
 
 import st_hist2st as hist2st
 from st_hist2st._data._section import prepare_sections
 from st_hist2st._model import fit_colour_ridge
-from st_hist2st.nn import Hist2STModule
+from st_hist2st.nn import Hist2STModule, patch_features
 
 
 def train(adata, genes, sections, args) -> None:
@@ -94,6 +95,22 @@ def model_sections(model: hist2st.Hist2ST, adata, libraries) -> list:
         normalize_over=model.preprocessing.get("normalize_over", "genes"),
         show_progress_bar=False,
     )
+
+
+def her2st_and_saved_models(folders) -> tuple:
+    """her2st, its section names, the saved models under ``folders`` grouped by the sections they were trained
+    on, the first of them loaded, and every section cut as that model predicts (:func:`model_sections`)."""
+    adata = hist2st.datasets.her2st(ROOT)
+    sections = list(adata.obs["library_id"].cat.categories)
+    groups = model_groups(folders)
+    first = hist2st.Hist2ST.load(next(iter(groups.values()))[0])
+    cut = {s.library_id: s for s in model_sections(first, adata, sections)}
+    return adata, sections, groups, first, cut
+
+
+def features_of(section) -> torch.Tensor:
+    """The colour ridge's 18 features of every spot of a cut ``section``."""
+    return patch_features(section.patches_of(np.arange(section.n_spots)))
 
 
 def fitted_ridge_state(model: hist2st.Hist2ST, adata, rank: int | None = None) -> dict:

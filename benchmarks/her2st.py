@@ -63,7 +63,7 @@ import st_hist2st as hist2st
 from st_hist2st._data._targets import expression_targets
 from st_hist2st._training_run import LAST_CHECKPOINT
 from st_hist2st.nn import patch_features
-from st_hist2st.nn._colour_ridge import leading_components
+from st_hist2st.nn._colour_ridge import reduced_rank
 from st_hist2st.nn._plan import pearson_per_gene
 from st_hist2st.nn._training import preset
 
@@ -88,11 +88,8 @@ def ridge_r(feats, y, tr, te, rank: int | None = None) -> tuple[float, np.ndarra
     feats, y = np.asarray(feats, dtype=np.float64), np.asarray(y, dtype=np.float64)
     mu, sd = feats[tr].mean(0), feats[tr].std(0) + 1e-8
     model = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit((feats[tr] - mu) / sd, y[tr])
-    pred = model.predict((feats[te] - mu) / sd)
-    if rank is not None:
-        means = y[tr].mean(0)
-        components = leading_components(y[tr] - means, rank)
-        pred = means + (pred - means) @ components.T @ components
+    weight, bias = reduced_rank(np.atleast_2d(model.coef_), np.atleast_1d(model.intercept_), y[tr], rank)
+    pred = (feats[te] - mu) / sd @ weight.T + bias
     return mean_r(pred, y[te]), pred
 
 

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from blend import model_groups, model_sections, with_colour_ridge
-from her2st import ROOT, mean_r
+from blend import her2st_and_saved_models, with_colour_ridge
+from her2st import mean_r
 from sklearn.linear_model import RidgeCV
 from sklearn.preprocessing import PolynomialFeatures
 
@@ -139,11 +139,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    adata = hist2st.datasets.her2st(ROOT)
-    sections = list(adata.obs["library_id"].cat.categories)
-    groups = model_groups(args.out)
-    first = hist2st.Hist2ST.load(next(iter(groups.values()))[0])
-    cut = {s.library_id: s for s in model_sections(first, adata, sections)}
+    adata, sections, groups, first, cut = her2st_and_saved_models(args.out)
     blocks = {name: feature_blocks(section) for name, section in cut.items()}
     targets = {name: section.targets.numpy() for name, section in cut.items()}
     scores = {}  # (trained on, scored on, variant, weight) -> mean r

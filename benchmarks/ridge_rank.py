@@ -27,26 +27,25 @@ import warnings
 import numpy as np
 import pandas as pd
 import torch
-from blend import blended_scores, model_groups, model_sections
-from her2st import ROOT, mean_r
+from blend import blended_scores, features_of, her2st_and_saved_models
+from her2st import mean_r
 
 import st_hist2st as hist2st
-from st_hist2st.nn import ColourRidge, patch_features
+from st_hist2st.nn import ColourRidge
 
 
-def ridge_state(features, targets, trained_on, rank) -> dict:
-    """The state of a :class:`ColourRidge` of ``rank`` fitted on the ``trained_on`` sections."""
+def fitted_ridge(features, targets, trained_on, rank) -> ColourRidge:
+    """A :class:`ColourRidge` of ``rank`` fitted on the ``trained_on`` sections."""
     ridge = ColourRidge(targets[trained_on[0]].shape[1], rank)
-    x = torch.cat([features[s] for s in trained_on])
-    return ridge.fit(x, torch.cat([targets[s] for s in trained_on])).state_dict()
+    return ridge.fit(torch.cat([features[s] for s in trained_on]), torch.cat([targets[s] for s in trained_on]))
 
 
 def ridge_r(features, targets, trained_on, section, rank) -> float:
     """Held-out mean r on ``section`` of a ridge of ``rank`` fitted on the ``trained_on`` sections."""
-    ridge = ColourRidge(targets[section].shape[1])
-    ridge.load_state_dict(ridge_state(features, targets, trained_on, rank))
+    ridge = fitted_ridge(features, targets, trained_on, rank)
     with torch.inference_mode():
-        return mean_r(ridge(features[section]).numpy(), targets[section].numpy())
+        predicted = ridge(features[section])
+    return mean_r(predicted.numpy(), targets[section].numpy())
 
 
 def main() -> None:
@@ -57,12 +56,8 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    adata = hist2st.datasets.her2st(ROOT)
-    sections = list(adata.obs["library_id"].cat.categories)
-    groups = model_groups(args.out)
-    first = hist2st.Hist2ST.load(next(iter(groups.values()))[0])
-    cut = {s.library_id: s for s in model_sections(first, adata, sections)}
-    features = {name: patch_features(s.patches_of(np.arange(s.n_spots))) for name, s in cut.items()}
+    adata, sections, groups, _, cut = her2st_and_saved_models(args.out)
+    features = {name: features_of(s) for name, s in cut.items()}
     targets = {name: s.targets for name, s in cut.items()}
     ranks = [None, *args.ranks]
     rows = []
@@ -84,7 +79,7 @@ def main() -> None:
         if paths:
             models = [hist2st.Hist2ST.load(path) for path in paths]
             for name, rank in (("full", None), ("chosen rank", chosen)):
-                state = ridge_state(features, targets, train_on, rank)
+                state = fitted_ridge(features, targets, train_on, rank).state_dict()
                 scores = blended_scores(adata, models, state, test, [0.0, args.weight])
                 for key, weight in (("network", 0.0), (f"blend, {name}", args.weight)):
                     row[key] = scores[test, weight]["mean_r"]

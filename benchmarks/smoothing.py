@@ -24,8 +24,8 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from blend import fitted_ridge_state, model_groups, model_sections, with_colour_ridge
-from her2st import PAPER_CROP, ROOT, colour_texture_features, mean_r, targets
+from blend import fitted_ridge_state, her2st_and_saved_models, with_colour_ridge
+from her2st import PAPER_CROP, colour_texture_features, mean_r, targets
 
 import st_hist2st as hist2st
 
@@ -105,12 +105,8 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    adata = hist2st.datasets.her2st(ROOT)
-    sections = list(adata.obs["library_id"].cat.categories)
-    groups = model_groups(args.out)
-    first = hist2st.Hist2ST.load(next(iter(groups.values()))[0])
+    adata, sections, groups, first, cut = her2st_and_saved_models(args.out)
     genes = first.genes
-    cut = {s.library_id: s for s in model_sections(first, adata, sections)}
     library = adata.obs["library_id"].to_numpy()
     for name, section in cut.items():  # the predictions and the baselines come in the AnnData's order
         assert np.array_equal(section.obs_index, np.flatnonzero(library == name))

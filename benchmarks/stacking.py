@@ -25,14 +25,12 @@ import warnings
 
 import numpy as np
 import pandas as pd
-import torch
-from blend import model_groups, model_sections, with_colour_ridge
-from her2st import ROOT, mean_r
+from blend import features_of, her2st_and_saved_models, with_colour_ridge
+from her2st import mean_r
 from probe import representation_and_prediction
 from sklearn.linear_model import RidgeCV
 
 import st_hist2st as hist2st
-from st_hist2st.nn import patch_features
 from st_hist2st.nn._colour_ridge import ALPHAS
 
 #: Weights of (network, probe, colour ridge): quarters that sum to 1.
@@ -46,11 +44,6 @@ def ridge(x_train: list[np.ndarray], y_train: list[np.ndarray], x_test: np.ndarr
     x, y = np.concatenate(x_train).astype(np.float64), np.concatenate(y_train).astype(np.float64)
     mean, scale = x.mean(0), x.std(0) + 1e-8
     return RidgeCV(alphas=alphas).fit((x - mean) / scale, y).predict((x_test - mean) / scale)
-
-
-def features_of(section) -> torch.Tensor:
-    """The colour ridge's 18 features of every spot of a cut ``section``."""
-    return patch_features(section.patches_of(np.arange(section.n_spots)))
 
 
 def model_outputs(model, adata, sections, trained_on) -> dict[str, np.ndarray]:
@@ -71,11 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    adata = hist2st.datasets.her2st(ROOT)
-    sections = list(adata.obs["library_id"].cat.categories)
-    groups = model_groups(args.out)
-    first = hist2st.Hist2ST.load(next(iter(groups.values()))[0])
-    cut = {s.library_id: s for s in model_sections(first, adata, sections)}
+    adata, sections, groups, _, cut = her2st_and_saved_models(args.out)
     features = {name: features_of(s).numpy() for name, s in cut.items()}
     targets = {name: s.targets.numpy().astype(np.float64) for name, s in cut.items()}
     parts = {}  # (trained on, scored on, seeds) -> {"one" | "eight" | "probe" | "ridge": prediction}

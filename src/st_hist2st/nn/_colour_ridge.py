@@ -106,12 +106,7 @@ class ColourRidge(nn.Module):
             raise ValueError(f"The colour ridge needs at least 2 training spots, got {len(x)}.")
         mean, scale = x.mean(0), x.std(0) + 1e-8
         ridge = RidgeCV(alphas=ALPHAS).fit((x - mean) / scale, y)
-        weight, bias = np.atleast_2d(ridge.coef_), np.atleast_1d(ridge.intercept_)
-        if self.rank is not None and self.rank < min(len(y) - 1, y.shape[1]):
-            # V^T V applied factor by factor: a genes x genes projection would not fit in memory for a transcriptome
-            components = leading_components(y - y.mean(0), self.rank)
-            weight = components.T @ (components @ weight)
-            bias = y.mean(0) + components.T @ (components @ (bias - y.mean(0)))
+        weight, bias = reduced_rank(np.atleast_2d(ridge.coef_), np.atleast_1d(ridge.intercept_), y, self.rank)
         for name, value in (
             ("mean", mean),
             ("scale", scale),
@@ -124,6 +119,23 @@ class ColourRidge(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.linear((features.float() - self.mean) / self.scale, self.weight, self.bias)
+
+
+def reduced_rank(
+    weight: np.ndarray, bias: np.ndarray, targets: np.ndarray, rank: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A linear model's coefficients and intercepts, its predictions projected onto the leading programmes.
+
+    ``weight`` is ``(n_genes, n_features)``, ``bias`` ``(n_genes,)``; the predictions are projected, around the
+    means of the training ``targets`` (spots by genes), onto their ``rank`` leading principal components.
+    Unchanged where ``rank`` is ``None`` or at least the number of genes or of spots.
+    """
+    if rank is None or rank >= min(len(targets) - 1, targets.shape[1]):
+        return weight, bias
+    means = targets.mean(0)
+    # V^T V applied factor by factor: a genes x genes projection would not fit in memory for a transcriptome
+    components = leading_components(targets - means, rank)
+    return components.T @ (components @ weight), means + components.T @ (components @ (bias - means))
 
 
 def leading_components(centred: np.ndarray, rank: int) -> np.ndarray:
