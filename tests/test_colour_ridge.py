@@ -9,7 +9,7 @@ from sklearn.linear_model import RidgeCV
 import st_hist2st as hist2st
 from st_hist2st._data._targets import expression_targets
 from st_hist2st.nn import Architecture, ColourRidge, Hist2STModule, patch_features
-from st_hist2st.nn._colour_ridge import ALPHAS, FEATURE_NAMES
+from st_hist2st.nn._colour_ridge import ALPHAS, AUTO_RANKS, FEATURE_NAMES, SINGLE_SECTION_RANK
 
 
 def reference_features(patch: np.ndarray) -> list[float]:
@@ -72,6 +72,55 @@ def test_colour_ridge_of_a_rank_projects_onto_the_leading_programmes_of_the_trai
         ColourRidge(12, rank=0)
 
 
+def sections_of(rng, signal: np.ndarray, noise: float, n_sections: int = 3, n_spots: int = 60):
+    """Features, targets and section names of spots whose expression is ``features @ signal`` plus noise."""
+    features = rng.normal(size=(n_sections * n_spots, len(FEATURE_NAMES)))
+    targets = features @ signal + rng.normal(scale=noise, size=(len(features), signal.shape[1]))
+    names = np.repeat([f"S{k}" for k in range(n_sections)], n_spots)
+    return torch.as_tensor(features), torch.as_tensor(targets), names
+
+
+def test_colour_ridge_auto_rank_is_the_best_by_leave_one_section_out(rng):
+    # expression driven by two programmes of the features, under noise that a gene's own coefficients would fit
+    programmes = np.zeros((len(FEATURE_NAMES), 2))
+    programmes[:2] = np.eye(2)
+    signal = programmes @ rng.normal(size=(2, 40))
+    x, y, names = sections_of(rng, signal, noise=3.0)
+    ridge = ColourRidge(40, rank="auto").fit(x, y, names)
+    # the choice, written out: a ridge of each rank fitted on two sections and scored on the third
+    scores = []
+    for rank in AUTO_RANKS:
+        inner = []
+        for held in np.unique(names):
+            fit = ColourRidge(40, rank).fit(x[names != held], y[names != held])
+            with torch.no_grad():
+                predicted = fit(x[names == held].float()).double().numpy()
+            r = [np.corrcoef(predicted[:, g], y[names == held][:, g].numpy())[0, 1] for g in range(40)]
+            inner.append(np.mean(r))
+        scores.append(np.mean(inner))
+    assert ridge.fitted_rank == AUTO_RANKS[int(np.argmax(scores))]
+    assert ridge.fitted_rank in (2, 5)  # a few programmes, not every gene on its own
+    assert max(scores) > scores[0] + 0.01  # and better than the full rank on the left-out sections
+    with torch.no_grad():
+        got = ridge(x.float()).numpy()
+    assert np.linalg.matrix_rank(got - got.mean(0), tol=1e-3) == ridge.fitted_rank
+    # every gene with a signal of its own: no projection below the 18 features' rank wins
+    x, y, names = sections_of(rng, rng.normal(size=(len(FEATURE_NAMES), 40)), noise=0.1)
+    assert ColourRidge(40, rank="auto").fit(x, y, names).fitted_rank in (None, 20, 50)
+
+
+def test_colour_ridge_auto_rank_from_one_section_and_bad_sections(rng, caplog):
+    x, y, names = sections_of(rng, rng.normal(size=(len(FEATURE_NAMES), 8)), noise=1.0, n_sections=1)
+    with caplog.at_level("INFO", logger="st_hist2st"):
+        ridge = ColourRidge(8, rank="auto").fit(x, y, names)
+    assert ridge.fitted_rank == SINGLE_SECTION_RANK
+    assert "from one section" in caplog.text
+    assert ColourRidge(8, rank="auto").fit(x, y).fitted_rank == SINGLE_SECTION_RANK
+    assert ColourRidge(8, rank=3).fit(x, y, names).fitted_rank == 3
+    with pytest.raises(ValueError, match="`sections` names 2 spots, the features 60"):
+        ColourRidge(8, rank="auto").fit(x, y, names[:2])
+
+
 def test_colour_ridge_is_blended_into_the_predictions_and_leaves_the_network_as_it_trains(adata, tiny, tmp_path):
     common = {"preset": "wide", "max_epochs": 2, "show_progress_bar": False, "validation_libraries": ["S1"], **tiny}
     alone = hist2st.tl.fit(adata, "hires", **common)
@@ -116,8 +165,8 @@ def test_colour_ridge_weight_is_checked_and_no_ridge_is_built_without_one(tiny):
         Architecture(colour_ridge=1.5)
     assert Hist2STModule(Architecture(n_genes=3, **tiny)).colour_ridge is None
     assert Hist2STModule(Architecture(n_genes=3, colour_ridge=0.5, **tiny)).colour_ridge is not None
-    for rank in (0, 2.5, True):
-        with pytest.raises(ValueError, match="`colour_ridge_rank` must be a whole number at least 1, or None"):
+    for rank in (0, 2.5, True, "automatic"):
+        with pytest.raises(ValueError, match="`colour_ridge_rank` must be a whole number at least 1, 'auto'"):
             Architecture(colour_ridge=0.5, colour_ridge_rank=rank)
     module = Hist2STModule(Architecture(n_genes=3, colour_ridge=0.5, colour_ridge_rank=2, **tiny))
     assert module.colour_ridge.rank == 2
@@ -134,6 +183,23 @@ def test_colour_ridge_rank_is_kept_with_the_model(adata, tiny, tmp_path):
     model.save(tmp_path / "model")
     loaded = hist2st.Hist2ST.load(tmp_path / "model")
     assert loaded.architecture.colour_ridge_rank == 1 and loaded.module.colour_ridge.rank == 1
+    np.testing.assert_array_equal(
+        loaded.predict(adata, show_progress_bar=False), model.predict(adata, show_progress_bar=False)
+    )
+
+
+def test_colour_ridge_auto_rank_is_chosen_over_the_training_sections_and_kept(adata, tiny, tmp_path):
+    common = {"preset": "wide", "max_epochs": 1, "show_progress_bar": False, **tiny}
+    model = hist2st.tl.fit(adata, "hires", colour_ridge=0.5, colour_ridge_rank="auto", **common)
+    chosen = model.preprocessing["colour_ridge_rank"]
+    assert chosen in AUTO_RANKS and model.module.colour_ridge.fitted_rank == chosen
+    if chosen is not None:
+        assert np.linalg.matrix_rank(model.module.colour_ridge.weight.numpy(), tol=1e-5) <= chosen
+    card = (model.save_pretrained(tmp_path / "card") / "README.md").read_text()
+    assert "(chosen by leave-one-section-out)" in card
+    model.save(tmp_path / "model")
+    loaded = hist2st.Hist2ST.load(tmp_path / "model")
+    assert loaded.architecture.colour_ridge_rank == "auto" and loaded.preprocessing["colour_ridge_rank"] == chosen
     np.testing.assert_array_equal(
         loaded.predict(adata, show_progress_bar=False), model.predict(adata, show_progress_bar=False)
     )

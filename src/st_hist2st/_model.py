@@ -79,8 +79,8 @@ class Hist2ST:
     genes
         Genes the model predicts, in order.
     preset
-        ``'blend'`` (the default: ``'wide'`` with a ridge on colour and texture features of each patch, of rank
-        5, blended into its predictions), ``'wide'`` (``'fast'`` with a view of four spot diameters around each spot),
+        ``'blend'`` (the default: ``'wide'`` with a ridge on colour and texture features of each patch, of a
+        rank chosen by leave-one-section-out, blended into its predictions), ``'wide'`` (``'fast'`` with a view of four spot diameters around each spot),
         ``'fast'`` (generalises to new sections within minutes on a CPU) or ``'paper'`` (the published network
         and training); see :doc:`/model`.
     seed
@@ -283,6 +283,7 @@ class Hist2ST:
             history = json.loads(Path(history_path).read_text()) if Path(history_path).exists() else plan.history
             if self.module.colour_ridge is not None:
                 fit_colour_ridge(self.module.colour_ridge, train, show_progress_bar)
+                preprocessing["colour_ridge_rank"] = self.module.colour_ridge.fitted_rank
         # the optimiser's state (twice the weights) and the gradients go now, not at some later collection
         del trainer, plan, previous
         gc.collect()
@@ -625,7 +626,10 @@ def log_training_windows(sections: Sequence[Section], max_spots: int | None) -> 
 
 
 def fit_colour_ridge(ridge: ColourRidge, sections: Sequence[Section], show_progress_bar: bool = True) -> None:
-    """Fit ``ridge`` on the patch features and targets of every spot of the training ``sections``."""
+    """Fit ``ridge`` on the patch features and targets of every spot of the training ``sections``.
+
+    A ridge of ``rank='auto'`` chooses its rank by leaving out one of the sections at a time.
+    """
     features = []
     with tqdm(
         total=sum(s.n_spots for s in sections), desc="colour ridge", unit="spot", disable=not show_progress_bar
@@ -635,8 +639,14 @@ def fit_colour_ridge(ridge: ColourRidge, sections: Sequence[Section], show_progr
                 features.append(patch_features(section.patches_of(part)))
                 progress.update(len(part))
     features = torch.cat(features)
-    ridge.fit(features, torch.cat([s.targets for s in sections]))
-    logger.info("fitted the colour ridge on %d spots (penalty %g)", len(features), float(ridge.alpha))
+    names = np.repeat([str(s.library_id) for s in sections], [s.n_spots for s in sections])
+    ridge.fit(features, torch.cat([s.targets for s in sections]), names)
+    logger.info(
+        "fitted the colour ridge on %d spots (penalty %g, rank %s)",
+        len(features),
+        float(ridge.alpha),
+        ridge.fitted_rank or "full",
+    )
 
 
 def resolve_model(model: Hist2ST | str | Path) -> Hist2ST:

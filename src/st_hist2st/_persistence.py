@@ -263,13 +263,15 @@ def model_card(config: dict[str, Any], n_parameters: int, notes: dict[str, Any] 
     if last.get("val_pearson") is not None:
         lines.append(f"| validation mean Pearson r (last epoch) | {last['val_pearson']:.4f} |")
     if arch.get("colour_ridge", 0) > 0:
-        rank = arch.get("colour_ridge_rank")
-        projected = (
-            ""
-            if rank is None
-            else f", its predictions projected onto the {rank} leading principal "
-            f"component{'s' if rank > 1 else ''} of the training expression"
-        )
+        rank = pre.get("colour_ridge_rank", arch.get("colour_ridge_rank"))
+        chosen = " (chosen by leave-one-section-out)" if arch.get("colour_ridge_rank") == "auto" else ""
+        if rank == "auto":  # not fitted yet
+            projected = ", its rank chosen by leave-one-section-out when it is fitted"
+        elif rank is None:
+            projected = f", of full rank{chosen}"
+        else:
+            programmes = f"{rank} leading principal component{'s' if rank > 1 else ''}"
+            projected = f", its predictions projected onto the {programmes} of the training expression{chosen}"
         lines.append(
             f"| colour ridge | weight {arch['colour_ridge']:g} in the predictions: a ridge regression on 18 colour and "
             f"texture features of each patch, fitted on the training spots{projected} (validation r is the "

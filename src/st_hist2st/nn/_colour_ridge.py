@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,6 +21,12 @@ FEATURE_NAMES = (
 )
 #: Ridge penalties tried, each scored by its leave-one-spot-out error over the training spots.
 ALPHAS = np.logspace(-2, 4, 13)
+#: Ranks a ridge of ``rank='auto'`` chooses among (``None``: full rank), by leave-one-section-out mean r.
+AUTO_RANKS = (None, 2, 5, 10, 20, 50)
+#: The rank of ``rank='auto'`` where the training spots come from one section: the choice on her2st.
+SINGLE_SECTION_RANK = 5
+
+logger = logging.getLogger(__name__)
 
 _SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 _LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
@@ -65,6 +74,9 @@ class ColourRidge(nn.Module):
     training targets (reduced-rank regression): each gene is then predicted from the few expression programmes
     that vary most over the training spots, instead of from coefficients of its own, which for a gene with
     little signal mostly fit noise. The projection is folded into the coefficients, so prediction costs the same.
+    ``rank='auto'`` chooses it among 2, 5, 10, 20, 50 and full rank when :meth:`fit` is given the section of each
+    spot: a ridge of each rank is fitted on all sections but one and scored on that one (mean Pearson r over the
+    genes), in turn, and the rank of best mean score is kept as :attr:`fitted_rank`.
 
     Parameters
     ----------
@@ -72,18 +84,24 @@ class ColourRidge(nn.Module):
         Number of genes predicted.
     rank
         Number of principal components of the training targets the predictions are projected onto; ``None``
-        (or at least the number of genes or of training spots) keeps a ridge of full rank.
+        (or at least the number of genes or of training spots) keeps a ridge of full rank; ``'auto'`` chooses
+        it at :meth:`fit`.
 
     Shapes
     ------
     input ``(n, 18)`` features, output ``(n, n_genes)``.
     """
 
-    def __init__(self, n_genes: int, rank: int | None = None) -> None:
+    def __init__(self, n_genes: int, rank: int | str | None = None) -> None:
         super().__init__()
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int | np.integer) or rank < 1):
-            raise ValueError(f"`rank` must be a whole number at least 1 (or None for a full-rank ridge), got {rank!r}.")
+        if not is_rank(rank):
+            raise ValueError(
+                f"`rank` must be a whole number at least 1, 'auto' (chosen by leave-one-section-out) or None for a "
+                f"full-rank ridge, got {rank!r}."
+            )
         self.rank = rank
+        #: The rank :meth:`fit` projected onto (``None``: full rank); the chosen one where ``rank='auto'``.
+        self.fitted_rank: int | None = None if rank == "auto" else rank
         n_features = len(FEATURE_NAMES)
         self.register_buffer("mean", torch.zeros(n_features))
         self.register_buffer("scale", torch.ones(n_features))
@@ -96,17 +114,25 @@ class ColourRidge(nn.Module):
         """Whether :meth:`fit` has set the coefficients."""
         return bool(self.alpha > 0)
 
-    def fit(self, features: torch.Tensor, targets: torch.Tensor) -> ColourRidge:
-        """Fit on ``(n, 18)`` features and ``(n, n_genes)`` targets of the training spots."""
-        from sklearn.linear_model import RidgeCV
+    def fit(
+        self, features: torch.Tensor, targets: torch.Tensor, sections: Sequence | np.ndarray | None = None
+    ) -> ColourRidge:
+        """Fit on ``(n, 18)`` features and ``(n, n_genes)`` targets of the training spots.
 
+        ``sections`` names the section of each spot; ``rank='auto'`` needs it to choose the rank by
+        leave-one-section-out, and takes 5 (the choice on her2st) where there is one section (or none given).
+        """
         x = features.double().cpu().numpy()
         y = targets.double().cpu().numpy()
         if len(x) < 2:
             raise ValueError(f"The colour ridge needs at least 2 training spots, got {len(x)}.")
+        if sections is not None and len(sections) != len(x):
+            raise ValueError(f"`sections` names {len(sections)} spots, the features {len(x)}.")
+        if self.rank == "auto":
+            self.fitted_rank = choose_rank(x, y, sections)
         mean, scale = x.mean(0), x.std(0) + 1e-8
-        ridge = RidgeCV(alphas=ALPHAS).fit((x - mean) / scale, y)
-        weight, bias = reduced_rank(np.atleast_2d(ridge.coef_), np.atleast_1d(ridge.intercept_), y, self.rank)
+        ridge = fit_ridge((x - mean) / scale, y)
+        weight, bias = reduced_rank(np.atleast_2d(ridge.coef_), np.atleast_1d(ridge.intercept_), y, self.fitted_rank)
         for name, value in (
             ("mean", mean),
             ("scale", scale),
@@ -121,20 +147,85 @@ class ColourRidge(nn.Module):
         return F.linear((features.float() - self.mean) / self.scale, self.weight, self.bias)
 
 
+def is_rank(rank) -> bool:
+    """Whether ``rank`` is a valid rank of :class:`ColourRidge`: ``None``, ``'auto'`` or a whole number >= 1."""
+    if rank is None or (isinstance(rank, str) and rank == "auto"):
+        return True
+    return not isinstance(rank, bool) and isinstance(rank, int | np.integer) and rank >= 1
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray):
+    """scikit-learn's ``RidgeCV`` over :data:`ALPHAS`, fitted on standardised features ``x``."""
+    from sklearn.linear_model import RidgeCV
+
+    return RidgeCV(alphas=ALPHAS).fit(x, y)
+
+
+def choose_rank(features: np.ndarray, targets: np.ndarray, sections: Sequence | np.ndarray | None) -> int | None:
+    """The rank of :data:`AUTO_RANKS` of best leave-one-section-out mean r over the genes.
+
+    For each section, ridges are fitted on the others' spots (features standardised over them) and projected onto
+    each rank; each rank's r per gene on the section, averaged over the genes and then over the sections, ranks
+    it; the first of the best wins. With fewer than two sections (of two spots or more),
+    :data:`SINGLE_SECTION_RANK`.
+    """
+    labels = np.asarray(sections) if sections is not None else np.zeros(len(features))
+    # a section is left out where it and the rest have two spots each, for a correlation and a fit
+    names = [n for n in dict.fromkeys(labels.tolist()) if 2 <= (labels == n).sum() <= len(labels) - 2]
+    if len(names) < 2:
+        logger.info(
+            "the colour ridge's rank is chosen by leave-one-section-out, and the training spots come from one "
+            "section: rank %d, the choice on her2st",
+            SINGLE_SECTION_RANK,
+        )
+        return SINGLE_SECTION_RANK
+    scores = np.zeros(len(AUTO_RANKS))
+    for name in names:
+        held = labels == name
+        x, y = features[~held], targets[~held]
+        mean, scale = x.mean(0), x.std(0) + 1e-8
+        ridge = fit_ridge((x - mean) / scale, y)
+        weight, bias = np.atleast_2d(ridge.coef_), np.atleast_1d(ridge.intercept_)
+        standardised = (features[held] - mean) / scale
+        # one decomposition for every rank below the full one
+        top = min(max(r for r in AUTO_RANKS if r is not None), len(y) - 1, y.shape[1])
+        components = leading_components(y - y.mean(0), top) if top >= 1 else None
+        for k, rank in enumerate(AUTO_RANKS):
+            w, b = reduced_rank(weight, bias, y, rank, components)
+            scores[k] += mean_pearson(standardised @ w.T + b, targets[held]) / len(names)
+    chosen = AUTO_RANKS[int(np.argmax(np.nan_to_num(scores, nan=-np.inf)))]
+    logger.info(
+        "the colour ridge's rank by leave-one-section-out over %d sections: %s (mean r %s)",
+        len(names),
+        chosen or "full",
+        ", ".join(f"{rank or 'full'} {score:.4f}" for rank, score in zip(AUTO_RANKS, scores, strict=True)),
+    )
+    return chosen
+
+
+def mean_pearson(predicted: np.ndarray, observed: np.ndarray) -> float:
+    """Pearson r between the columns of two ``(spots, genes)`` arrays, averaged over the genes that vary in both."""
+    p, o = predicted - predicted.mean(0), observed - observed.mean(0)
+    denom = np.linalg.norm(p, axis=0) * np.linalg.norm(o, axis=0)
+    varying = denom > 0
+    return float(np.mean((p * o).sum(0)[varying] / denom[varying])) if varying.any() else float("nan")
+
+
 def reduced_rank(
-    weight: np.ndarray, bias: np.ndarray, targets: np.ndarray, rank: int | None
+    weight: np.ndarray, bias: np.ndarray, targets: np.ndarray, rank: int | None, components: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """A linear model's coefficients and intercepts, its predictions projected onto the leading programmes.
 
     ``weight`` is ``(n_genes, n_features)``, ``bias`` ``(n_genes,)``; the predictions are projected, around the
-    means of the training ``targets`` (spots by genes), onto their ``rank`` leading principal components.
+    means of the training ``targets`` (spots by genes), onto their ``rank`` leading principal components (the
+    first ``rank`` rows of ``components`` where given, from :func:`leading_components` of a higher rank).
     Unchanged where ``rank`` is ``None`` or at least the number of genes or of spots.
     """
     if rank is None or rank >= min(len(targets) - 1, targets.shape[1]):
         return weight, bias
     means = targets.mean(0)
     # V^T V applied factor by factor: a genes x genes projection would not fit in memory for a transcriptome
-    components = leading_components(targets - means, rank)
+    components = leading_components(targets - means, rank) if components is None else components[:rank]
     return components.T @ (components @ weight), means + components.T @ (components @ (bias - means))
 
 

@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from st_hist2st.nn._augment import SectionAugment
-from st_hist2st.nn._colour_ridge import ColourRidge
+from st_hist2st.nn._colour_ridge import ColourRidge, is_rank
 from st_hist2st.nn._convmixer import (
     PatchEncoder,
     SectionBatchNorm2d,
@@ -92,7 +92,8 @@ class Architecture:
     colour_ridge_rank
         Project the colour ridge's predictions onto this many principal components of the training expression
         (reduced-rank regression, see :class:`~st_hist2st.nn.ColourRidge`); ``None`` keeps a ridge of full
-        rank. Only used where ``colour_ridge`` is above 0.
+        rank; ``'auto'`` chooses among 2, 5, 10, 20, 50 and full rank by leave-one-section-out over the
+        training sections (5 where there is one). Only used where ``colour_ridge`` is above 0.
     """
 
     n_genes: int = 785
@@ -117,7 +118,7 @@ class Architecture:
     section_batchnorm: bool = False
     field_of_view: float = 1.0
     colour_ridge: float = 0.0
-    colour_ridge_rank: int | None = None
+    colour_ridge_rank: int | str | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_genes", "fig_size", "patch_size", "channel", "kernel_size", "heads", "dim_head", "n_pos"):
@@ -138,10 +139,10 @@ class Architecture:
             raise ValueError(f"`field_of_view` must be a positive number of spot diameters, got {self.field_of_view}.")
         if not 0 <= self.colour_ridge <= 1:
             raise ValueError(f"`colour_ridge` is a weight in [0, 1], got {self.colour_ridge}.")
-        rank = self.colour_ridge_rank
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        if not is_rank(self.colour_ridge_rank):
             raise ValueError(
-                f"`colour_ridge_rank` must be a whole number at least 1, or None for a full-rank ridge, got {rank!r}."
+                "`colour_ridge_rank` must be a whole number at least 1, 'auto' (chosen by leave-one-section-out) "
+                f"or None for a full-rank ridge, got {self.colour_ridge_rank!r}."
             )
         if not self.pixel_scale > 0:
             raise ValueError(f"`pixel_scale` must be positive, got {self.pixel_scale}.")
