@@ -5,8 +5,12 @@ with coefficients of its own. With a rank, its predictions are projected onto th
 the training expression (reduced-rank regression, :class:`~st_hist2st.nn.ColourRidge`). The rank is chosen by
 nested validation without a network: for each held-out section, a ridge of each rank is fitted on two of the
 three training sections and scored on the third (each in turn); the rank of best mean inner r is fitted on all
-three and scored on the held-out section. The patches are those of the first saved model under ``--out`` (its
-micrometres and field of view).
+three and scored on the held-out section. ``ColourRidge(rank='auto')``, the ridge of ``'blend'``, makes the
+same choice when it is fitted on the three training sections; its choice is printed beside the script's, with
+the seconds ``tl.fit`` spends on the ridge (the patches' features and the fit) with the rank fixed and with
+``'auto'`` (run with ``OMP_NUM_THREADS=1`` for one core). The
+patches are those of the first saved model under ``--out`` (its micrometres and field of view), or without
+``--out`` those ``'blend'`` cuts (no network is then needed or scored).
 
 Then the saved models under ``--out`` (outer models, trained on three sections by ``benchmarks/her2st.py``;
 models trained on the same sections are averaged, as :func:`st_hist2st.tl.predict` averages a list) are scored
@@ -14,6 +18,7 @@ on their held-out section alone, blended at ``--weight`` with the full-rank ridg
 and blended with the ridge of the chosen rank; with the Spearman correlation between predicted and observed
 Moran's I over the genes for each.
 
+    python benchmarks/ridge_rank.py
     python benchmarks/her2st.py --test SECTION --preset wide --seed 0 --out runs/wide
     python benchmarks/ridge_rank.py --out runs/wide
 """
@@ -22,16 +27,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 import warnings
 
 import numpy as np
 import pandas as pd
 import torch
 from blend import blended_scores, features_of, her2st_and_saved_models
-from her2st import mean_r
+from her2st import ROOT, mean_r
 
 import st_hist2st as hist2st
+from st_hist2st._data._section import prepare_sections
+from st_hist2st._model import fit_colour_ridge
 from st_hist2st.nn import ColourRidge
+from st_hist2st.nn._training import preset
 
 
 def fitted_ridge(features, targets, trained_on, rank) -> ColourRidge:
@@ -48,15 +57,32 @@ def ridge_r(features, targets, trained_on, section, rank) -> float:
     return mean_r(predicted.numpy(), targets[section].numpy())
 
 
+def her2st_as_blend_cuts() -> tuple:
+    """her2st, its section names, and every section cut as ``'blend'`` cuts them for a fit (no saved models)."""
+    adata = hist2st.datasets.her2st(ROOT)
+    sections = list(adata.obs["library_id"].cat.categories)
+    genes = (ROOT / "genes_785.txt").read_text().split()
+    field_of_view = preset("blend")[0]["field_of_view"]
+    cut = prepare_sections(
+        adata, "fullres", genes=genes, libraries=sections, field_of_view=field_of_view, show_progress_bar=False
+    )
+    return adata, sections, {s.library_id: s for s in cut}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, nargs="+", help="folders of the saved outer models")
+    parser.add_argument(
+        "--out", nargs="+", default=[], help="folders of the saved outer models (none: the ridge alone)"
+    )
     parser.add_argument("--ranks", type=int, nargs="+", default=[2, 5, 10, 20, 50], help="ranks tried (and full)")
     parser.add_argument("--weight", type=float, default=0.5, help="the ridge's weight in the blend")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    adata, sections, groups, _, cut = her2st_and_saved_models(args.out)
+    if args.out:
+        adata, sections, groups, _, cut = her2st_and_saved_models(args.out)
+    else:
+        (adata, sections, cut), groups = her2st_as_blend_cuts(), {}
     features = {name: features_of(s) for name, s in cut.items()}
     targets = {name: s.targets for name, s in cut.items()}
     ranks = [None, *args.ranks]
@@ -69,12 +95,27 @@ def main() -> None:
         }
         chosen = max(inner, key=inner.get)
         held = {rank: ridge_r(features, targets, train_on, test, rank) for rank in ranks}
+        seconds = {}
+        for rank in (chosen, "auto"):  # as tl.fit fits it: the patches' features, then the ridge
+            ridge = ColourRidge(targets[test].shape[1], rank)
+            t0 = time.perf_counter()
+            fit_colour_ridge(ridge, [cut[s] for s in train_on], False)
+            seconds[rank] = time.perf_counter() - t0
+        auto = ridge
         print(
             f"test {test}: ridge by rank, inner / held-out: "
             + ", ".join(f"{rank or 'full'} {inner[rank]:.4f} / {held[rank]:.4f}" for rank in ranks),
             flush=True,
         )
-        row = {"test": test, "rank": chosen or "full", "ridge": held[None], "ridge, chosen rank": held[chosen]}
+        row = {
+            "test": test,
+            "rank": chosen or "full",
+            "rank 'auto' chose": auto.fitted_rank or "full",
+            "fit s, chosen rank": seconds[chosen],
+            "fit s, 'auto'": seconds["auto"],
+            "ridge": held[None],
+            "ridge, chosen rank": held[chosen],
+        }
         paths = groups.get(tuple(train_on))
         if paths:
             models = [hist2st.Hist2ST.load(path) for path in paths]
@@ -87,9 +128,10 @@ def main() -> None:
             row["models"] = len(models)
         rows.append(row)
     table = pd.DataFrame(rows).set_index("test")
-    print(f"held-out mean r (blends at w={args.weight:g}) and Moran's I Spearman")
+    print(f"held-out mean r (blends at w={args.weight:g}) and Moran's I Spearman" if groups else "held-out mean r")
     print(table.round(4).to_string())
-    print("mean: " + ", ".join(f"{k} {v:.4f}" for k, v in table.drop(columns="rank").mean().items()))
+    means = table.drop(columns=["rank", "rank 'auto' chose"]).mean()
+    print("mean: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
 
 
 if __name__ == "__main__":

@@ -93,9 +93,11 @@ def fit(
         every target alike; ``fit`` refuses targets that are constant everywhere.
     preset
         ``'blend'`` (the default): ``'wide'`` with a ridge regression on 18 colour and texture features of each
-        patch, fitted on the training spots after the network and projected onto the 5 leading principal
+        patch, fitted on the training spots after the network and projected onto the leading principal
         components of their expression, blended into its predictions with weight 0.5 (``colour_ridge=0.5``,
-        ``colour_ridge_rank=5``); nested validation on her2st chose the weight and the rank.
+        ``colour_ridge_rank='auto'``: the number of components, among 2, 5, 10, 20, 50 and all, that predicts
+        best each training section from the others; 5 with one training section, and 5 on each her2st split);
+        nested validation on her2st chose the weight and this choice of the rank.
         ``'wide'``: ``'fast'`` with crops of four spot diameters (``field_of_view=4``, resized to
         the same 112 pixels: the spot and the tissue around it, as far as its neighbours) shown in random
         rotations and mirrors (``dihedral=True``); nested validation on her2st chose it over ``'fast'``.
