@@ -174,8 +174,8 @@ def choose_rank(features: np.ndarray, targets: np.ndarray, sections: Sequence | 
     names = [n for n in dict.fromkeys(labels.tolist()) if 2 <= (labels == n).sum() <= len(labels) - 2]
     if len(names) < 2:
         logger.info(
-            "the colour ridge's rank is chosen by leave-one-section-out, and the training spots come from one "
-            "section: rank %d, the choice on her2st",
+            "the training spots come from one section, so the colour ridge's rank cannot be chosen by leaving a "
+            "section out: rank %d, the choice on her2st",
             SINGLE_SECTION_RANK,
         )
         return SINGLE_SECTION_RANK
