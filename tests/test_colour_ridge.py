@@ -200,6 +200,7 @@ def test_colour_ridge_auto_rank_is_chosen_over_the_training_sections_and_kept(ad
     model.save(tmp_path / "model")
     loaded = hist2st.Hist2ST.load(tmp_path / "model")
     assert loaded.architecture.colour_ridge_rank == "auto" and loaded.preprocessing["colour_ridge_rank"] == chosen
+    assert loaded.module.colour_ridge.fitted_rank == chosen
     np.testing.assert_array_equal(
         loaded.predict(adata, show_progress_bar=False), model.predict(adata, show_progress_bar=False)
     )

@@ -561,6 +561,8 @@ class Hist2ST:
         model.is_trained = config["is_trained"]
         model.module = Hist2STModule(model.architecture)
         check_state_dict(model.module.load_state_dict, state, path)
+        if model.module.colour_ridge is not None and "colour_ridge_rank" in model.preprocessing:
+            model.module.colour_ridge.fitted_rank = model.preprocessing["colour_ridge_rank"]  # 'auto''s choice
         return model
 
     def save_pretrained(
