@@ -63,7 +63,7 @@ import st_hist2st as hist2st
 from st_hist2st._data._targets import expression_targets
 from st_hist2st._training_run import LAST_CHECKPOINT
 from st_hist2st.nn import patch_features
-from st_hist2st.nn._colour_ridge import reduced_rank
+from st_hist2st.nn._colour_ridge import reduced_rank, standardised_ridge
 from st_hist2st.nn._plan import pearson_per_gene
 from st_hist2st.nn._training import preset
 
@@ -83,12 +83,9 @@ def colour_texture_features(patches: np.ndarray) -> np.ndarray:
 def ridge_r(feats, y, tr, te, rank: int | None = None) -> tuple[float, np.ndarray]:
     """Held-out r and predictions of a ridge fitted on the ``tr`` spots; with a ``rank``, its predictions are
     projected onto that many principal components of the training targets, as ``colour_ridge_rank`` does."""
-    from sklearn.linear_model import RidgeCV
-
     feats, y = np.asarray(feats, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    mu, sd = feats[tr].mean(0), feats[tr].std(0) + 1e-8
-    model = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit((feats[tr] - mu) / sd, y[tr])
-    weight, bias = reduced_rank(np.atleast_2d(model.coef_), np.atleast_1d(model.intercept_), y[tr], rank)
+    mu, sd, weight, bias, _ = standardised_ridge(feats[tr], y[tr])
+    weight, bias = reduced_rank(weight, bias, y[tr], rank)
     pred = (feats[te] - mu) / sd @ weight.T + bias
     return mean_r(pred, y[te]), pred
 

@@ -95,13 +95,11 @@ def main() -> None:
         }
         chosen = max(inner, key=inner.get)
         held = {rank: ridge_r(features, targets, train_on, test, rank) for rank in ranks}
-        seconds = {}
-        for rank in (chosen, "auto"):  # as tl.fit fits it: the patches' features, then the ridge
-            ridge = ColourRidge(targets[test].shape[1], rank)
+        seconds, auto = {}, ColourRidge(targets[test].shape[1], "auto")
+        for ridge in (ColourRidge(targets[test].shape[1], chosen), auto):  # as tl.fit: the features, then the fit
             t0 = time.perf_counter()
             fit_colour_ridge(ridge, [cut[s] for s in train_on], False)
-            seconds[rank] = time.perf_counter() - t0
-        auto = ridge
+            seconds[ridge.rank] = time.perf_counter() - t0
         print(
             f"test {test}: ridge by rank, inner / held-out: "
             + ", ".join(f"{rank or 'full'} {inner[rank]:.4f} / {held[rank]:.4f}" for rank in ranks),

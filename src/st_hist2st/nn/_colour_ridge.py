@@ -130,15 +130,14 @@ class ColourRidge(nn.Module):
             raise ValueError(f"`sections` names {len(sections)} spots, the features {len(x)}.")
         if self.rank == "auto":
             self.fitted_rank = choose_rank(x, y, sections)
-        mean, scale = x.mean(0), x.std(0) + 1e-8
-        ridge = fit_ridge((x - mean) / scale, y)
-        weight, bias = reduced_rank(np.atleast_2d(ridge.coef_), np.atleast_1d(ridge.intercept_), y, self.fitted_rank)
+        mean, scale, weight, bias, alpha = standardised_ridge(x, y)
+        weight, bias = reduced_rank(weight, bias, y, self.fitted_rank)
         for name, value in (
             ("mean", mean),
             ("scale", scale),
             ("weight", weight),
             ("bias", bias),
-            ("alpha", np.asarray(ridge.alpha_)),
+            ("alpha", np.asarray(alpha)),
         ):
             getattr(self, name).copy_(torch.as_tensor(value, dtype=torch.float32))
         return self
@@ -154,11 +153,17 @@ def is_rank(rank) -> bool:
     return not isinstance(rank, bool) and isinstance(rank, int | np.integer) and rank >= 1
 
 
-def fit_ridge(x: np.ndarray, y: np.ndarray):
-    """scikit-learn's ``RidgeCV`` over :data:`ALPHAS`, fitted on standardised features ``x``."""
+def standardised_ridge(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """scikit-learn's ``RidgeCV`` over :data:`ALPHAS` on ``x`` standardised over its rows.
+
+    Returns the features' means and scales, the coefficients ``(n_genes, n_features)`` and intercepts on the
+    standardised features, and the penalty chosen.
+    """
     from sklearn.linear_model import RidgeCV
 
-    return RidgeCV(alphas=ALPHAS).fit(x, y)
+    mean, scale = x.mean(0), x.std(0) + 1e-8
+    ridge = RidgeCV(alphas=ALPHAS).fit((x - mean) / scale, y)
+    return mean, scale, np.atleast_2d(ridge.coef_), np.atleast_1d(ridge.intercept_), np.asarray(ridge.alpha_)
 
 
 def choose_rank(features: np.ndarray, targets: np.ndarray, sections: Sequence | np.ndarray | None) -> int | None:
@@ -179,20 +184,21 @@ def choose_rank(features: np.ndarray, targets: np.ndarray, sections: Sequence | 
             SINGLE_SECTION_RANK,
         )
         return SINGLE_SECTION_RANK
+    from st_hist2st.nn._plan import pearson_per_gene  # _plan builds on the module, which holds this ridge
+
     scores = np.zeros(len(AUTO_RANKS))
     for name in names:
         held = labels == name
-        x, y = features[~held], targets[~held]
-        mean, scale = x.mean(0), x.std(0) + 1e-8
-        ridge = fit_ridge((x - mean) / scale, y)
-        weight, bias = np.atleast_2d(ridge.coef_), np.atleast_1d(ridge.intercept_)
+        y = targets[~held]
+        mean, scale, weight, bias, _ = standardised_ridge(features[~held], y)
         standardised = (features[held] - mean) / scale
         # one decomposition for every rank below the full one
         top = min(max(r for r in AUTO_RANKS if r is not None), len(y) - 1, y.shape[1])
         components = leading_components(y - y.mean(0), top) if top >= 1 else None
         for k, rank in enumerate(AUTO_RANKS):
             w, b = reduced_rank(weight, bias, y, rank, components)
-            scores[k] += mean_pearson(standardised @ w.T + b, targets[held]) / len(names)
+            r = pearson_per_gene(torch.from_numpy(standardised @ w.T + b), torch.from_numpy(targets[held])).numpy()
+            scores[k] += (np.nanmean(r) if np.isfinite(r).any() else np.nan) / len(names)
     chosen = AUTO_RANKS[int(np.argmax(np.nan_to_num(scores, nan=-np.inf)))]
     logger.info(
         "the colour ridge's rank by leave-one-section-out over %d sections: %s (mean r %s)",
@@ -201,14 +207,6 @@ def choose_rank(features: np.ndarray, targets: np.ndarray, sections: Sequence | 
         ", ".join(f"{rank or 'full'} {score:.4f}" for rank, score in zip(AUTO_RANKS, scores, strict=True)),
     )
     return chosen
-
-
-def mean_pearson(predicted: np.ndarray, observed: np.ndarray) -> float:
-    """Pearson r between the columns of two ``(spots, genes)`` arrays, averaged over the genes that vary in both."""
-    p, o = predicted - predicted.mean(0), observed - observed.mean(0)
-    denom = np.linalg.norm(p, axis=0) * np.linalg.norm(o, axis=0)
-    varying = denom > 0
-    return float(np.mean((p * o).sum(0)[varying] / denom[varying])) if varying.any() else float("nan")
 
 
 def reduced_rank(
