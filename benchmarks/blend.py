@@ -67,10 +67,11 @@ def train(adata, genes, sections, args) -> None:
         print(f"{path}: {len(model.history)} epochs in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
 
 
-def with_colour_ridge(model: hist2st.Hist2ST, ridge_state: dict, weight: float) -> hist2st.Hist2ST:
-    """A copy of ``model`` whose predictions blend in the colour ridge ``ridge_state`` with ``weight``."""
+def with_colour_ridge(model: hist2st.Hist2ST, ridge_state: dict, weight: float, trees: float = 0.0) -> hist2st.Hist2ST:
+    """A copy of ``model`` whose predictions blend in the colour ridge ``ridge_state`` with ``weight``; ``trees``:
+    the share of its forest (``colour_ridge_trees``), where the state holds one."""
     blended = copy.copy(model)
-    blended.architecture = replace(model.architecture, colour_ridge=weight)
+    blended.architecture = replace(model.architecture, colour_ridge=weight, colour_ridge_trees=trees)
     blended.module = Hist2STModule(blended.architecture)
     blended.module.load_state_dict(model.module.state_dict(), strict=False)
     if blended.module.colour_ridge is not None:
@@ -130,16 +131,18 @@ def model_groups(folders) -> dict[tuple[str, ...], list[Path]]:
     return groups
 
 
-def blended_scores(adata, models, ridge_state, section, weights) -> dict[tuple[str, float], dict[str, float]]:
+def blended_scores(
+    adata, models, ridge_state, section, weights, trees: float = 0.0
+) -> dict[tuple[str, float], dict[str, float]]:
     """Mean r and Moran's I Spearman on ``section`` of ``(1 - w)`` times the models' averaged network plus ``w``
-    times the ridge, for each ``w`` of ``weights``: two passes of :func:`st_hist2st.tl.predict` (weights 0 and
-    1), blended as a model with ``colour_ridge=w`` blends them."""
+    times the ridge (with ``trees``, the share of its forest), for each ``w`` of ``weights``: two passes of
+    :func:`st_hist2st.tl.predict` (weights 0 and 1), blended as a model with ``colour_ridge=w`` blends them."""
     held = adata[adata.obs["library_id"] == section].copy()
     genes = models[0].genes
     network = [with_colour_ridge(model, ridge_state, 0.0) for model in models]
     hist2st.tl.predict(held, network, key_added="network", show_progress_bar=False)
     hist2st.tl.predict(
-        held, [with_colour_ridge(models[0], ridge_state, 1.0)], key_added="ridge", show_progress_bar=False
+        held, [with_colour_ridge(models[0], ridge_state, 1.0, trees)], key_added="ridge", show_progress_bar=False
     )
     out = {}
     for weight in weights:

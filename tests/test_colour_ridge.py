@@ -9,7 +9,16 @@ from sklearn.linear_model import RidgeCV
 import st_hist2st as hist2st
 from st_hist2st._data._targets import expression_targets
 from st_hist2st.nn import Architecture, ColourRidge, Hist2STModule, patch_features
-from st_hist2st.nn._colour_ridge import ALPHAS, AUTO_RANKS, FEATURE_NAMES, SINGLE_SECTION_RANK
+from st_hist2st.nn._colour_ridge import (
+    ALPHAS,
+    AUTO_FORESTS,
+    AUTO_RANKS,
+    FEATURE_NAMES,
+    LEAVES_PER_TREE,
+    N_TREES,
+    SINGLE_SECTION_FOREST,
+    SINGLE_SECTION_RANK,
+)
 
 
 def reference_features(patch: np.ndarray) -> list[float]:
@@ -204,3 +213,141 @@ def test_colour_ridge_auto_rank_is_chosen_over_the_training_sections_and_kept(ad
     np.testing.assert_array_equal(
         loaded.predict(adata, show_progress_bar=False), model.predict(adata, show_progress_bar=False)
     )
+
+
+def test_colour_ridge_forest_is_scikit_learns_extra_trees_walked_in_torch(rng):
+    from sklearn.ensemble import ExtraTreesRegressor
+
+    # whole numbers, so that many spots lie exactly on a split's threshold rounded to float32
+    features = torch.from_numpy(rng.integers(0, 6, size=(300, len(FEATURE_NAMES))).astype(np.float32) * 0.1)
+    targets = torch.from_numpy(np.abs(features[:, :3].numpy() - 0.25) @ rng.normal(size=(3, 12)))
+    targets += 0.1 * torch.from_numpy(rng.normal(size=(300, 12)))
+    ridge = ColourRidge(12, rank=3, trees=0.25, min_spots_per_leaf=4).fit(features[:200], targets[:200])
+    y = targets[:200].double().numpy()
+    components = np.linalg.svd(y - y.mean(0), full_matrices=False)[2][:3]
+    forest = ExtraTreesRegressor(N_TREES, min_samples_leaf=4, max_features=0.5, random_state=0)
+    forest.fit(features[:200].numpy(), (y - y.mean(0)) @ components.T)
+    for x in (features[:200], features[200:]):
+        expected = forest.predict(x.numpy())
+        np.testing.assert_allclose(ridge.forest_scores(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+        linear = ColourRidge(12, rank=3).fit(features[:200], targets[:200])
+        with torch.no_grad():
+            got = ridge(x).numpy()
+            blended = 0.75 * linear(x).numpy() + 0.25 * (y.mean(0) + expected @ components)
+        np.testing.assert_allclose(got, blended, rtol=1e-4, atol=1e-4)
+    # the forest is a fitted model's state: loaded into a fresh ridge it predicts the same
+    fresh = ColourRidge(12, rank=3, trees=0.25)
+    fresh.load_state_dict(ridge.state_dict())
+    torch.testing.assert_close(fresh(features), ridge(features), rtol=0, atol=0)
+
+
+def test_colour_ridge_forest_learns_what_a_ridge_cannot(rng):
+    features = torch.from_numpy(rng.normal(size=(800, len(FEATURE_NAMES))).astype(np.float32))
+    programmes = np.c_[np.abs(features[:, 0].numpy()), features[:, 1].numpy() ** 2]
+    targets = torch.from_numpy(programmes @ rng.normal(size=(2, 30)) + 0.5 * rng.normal(size=(800, 30)))
+
+    def held_out_r(trees: float) -> float:
+        ridge = ColourRidge(30, rank=2, trees=trees).fit(features[:600], targets[:600])
+        with torch.no_grad():
+            predicted = ridge(features[600:]).numpy()
+        observed = targets[600:].numpy()
+        return np.mean([np.corrcoef(predicted[:, g], observed[:, g])[0, 1] for g in range(30)])
+
+    alone, half = held_out_r(0.0), held_out_r(0.5)
+    assert alone < 0.2 and half > alone + 0.3
+
+
+def test_colour_ridge_forest_stays_small_on_many_spots(rng):
+    features = torch.from_numpy(rng.normal(size=(6000, len(FEATURE_NAMES))).astype(np.float32))
+    targets = torch.from_numpy(features[:, :2].numpy() ** 2 @ rng.normal(size=(2, 8)))
+    ridge = ColourRidge(8, rank=2, trees=0.5).fit(features, targets)
+    children = ridge.tree_children
+    leaves = (children[..., 0] == torch.arange(children.shape[1])).sum(1)  # padding is a leaf too: an upper bound
+    assert len(leaves) == N_TREES and int(leaves.max()) <= 2 * LEAVES_PER_TREE
+
+
+def test_colour_ridge_forest_share_is_checked(tiny):
+    for trees in (1.5, -0.1, True, "half", "automatic"):
+        with pytest.raises(ValueError, match="`colour_ridge_trees` is the forest's share of the colour ridge"):
+            Architecture(colour_ridge=0.5, colour_ridge_trees=trees)
+        with pytest.raises(
+            ValueError, match="`trees` is the forest's share of the predictions, in \\[0, 1\\], or 'auto'"
+        ):
+            ColourRidge(3, trees=trees)
+    with pytest.raises(ValueError, match="`min_spots_per_leaf` must be a whole number at least 1, got 0"):
+        ColourRidge(3, trees=0.5, min_spots_per_leaf=0)
+    module = Hist2STModule(Architecture(n_genes=3, colour_ridge=0.5, colour_ridge_trees=0.5, **tiny))
+    assert module.colour_ridge.trees == 0.5 and not module.colour_ridge.is_fitted
+
+
+def test_colour_ridge_forest_is_fitted_saved_and_named_with_the_model(adata, tiny, tmp_path):
+    common = {"preset": "wide", "max_epochs": 1, "show_progress_bar": False, **tiny}
+    model = hist2st.tl.fit(adata, "hires", colour_ridge=0.5, colour_ridge_rank=2, colour_ridge_trees=0.5, **common)
+    ridge = model.module.colour_ridge
+    assert ridge.tree_value.shape[0] == N_TREES and ridge.tree_value.shape[2] == 2
+    card = (model.save_pretrained(tmp_path / "card") / "README.md").read_text()
+    assert "0.5 of it from extremely randomised trees on the same features" in card
+    model.save(tmp_path / "model")
+    loaded = hist2st.Hist2ST.load(tmp_path / "model")
+    assert loaded.architecture.colour_ridge_trees == 0.5
+    torch.testing.assert_close(loaded.module.colour_ridge.tree_value, ridge.tree_value, rtol=0, atol=0)
+    np.testing.assert_array_equal(
+        loaded.predict(adata, show_progress_bar=False), model.predict(adata, show_progress_bar=False)
+    )
+    # the forest moves the predictions: without it they are those of the ridge alone
+    without = hist2st.tl.fit(adata, "hires", colour_ridge=0.5, colour_ridge_rank=2, **common)
+    assert not np.allclose(
+        without.predict(adata, show_progress_bar=False), model.predict(adata, show_progress_bar=False)
+    )
+
+
+def test_colour_ridge_auto_forest_is_the_best_by_leave_one_section_out(rng):
+    # expression driven by programmes that are not linear in the features
+    features = rng.normal(size=(240, len(FEATURE_NAMES))).astype(np.float32)
+    drivers = np.c_[np.abs(features[:, 0]), features[:, 1] ** 2]
+    x = torch.from_numpy(features)
+    y = torch.from_numpy(drivers @ rng.normal(size=(2, 20)) + rng.normal(size=(240, 20)))
+    names = np.repeat(["S0", "S1", "S2"], 80)
+    ridge = ColourRidge(20, rank=2, trees="auto").fit(x, y, names)
+    # the choice, written out: a ridge and forest of each candidate fitted on two sections and scored on the third
+    scores = []
+    for share, leaf in AUTO_FORESTS:
+        inner = []
+        for held in np.unique(names):
+            fit = ColourRidge(20, 2, share, leaf).fit(x[names != held], y[names != held])
+            with torch.no_grad():
+                predicted = fit(x[names == held]).double().numpy()
+            inner.append(np.mean([np.corrcoef(predicted[:, g], y[names == held][:, g])[0, 1] for g in range(20)]))
+        scores.append(np.mean(inner))
+    best = int(np.argmax(scores))
+    assert (ridge.fitted_trees, ridge.fitted_leaf) == AUTO_FORESTS[best]
+    assert ridge.fitted_trees > 0 and scores[best] > scores[0] + 0.1  # the forest, and well above the ridge alone
+    assert ridge.tree_value.shape[0] == N_TREES
+    # expression linear in the features: a forest of share 1 does not win
+    x, y, names = sections_of(rng, rng.normal(size=(len(FEATURE_NAMES), 20)), noise=0.5)
+    assert ColourRidge(20, rank=2, trees="auto").fit(x.float(), y, names).fitted_trees < 1
+
+
+def test_colour_ridge_auto_forest_from_one_section(rng, caplog):
+    x, y, names = sections_of(rng, rng.normal(size=(len(FEATURE_NAMES), 8)), noise=1.0, n_sections=1)
+    with caplog.at_level("INFO", logger="st_hist2st"):
+        ridge = ColourRidge(8, rank="auto", trees="auto").fit(x.float(), y, names)
+    assert (ridge.fitted_trees, ridge.fitted_leaf) == SINGLE_SECTION_FOREST
+    assert "forest cannot be chosen by leaving a section out" in caplog.text
+
+
+def test_colour_ridge_auto_forest_is_chosen_over_the_training_sections_and_kept(adata, tiny, tmp_path):
+    common = {"preset": "wide", "max_epochs": 1, "show_progress_bar": False, **tiny}
+    settings = {"colour_ridge": 0.5, "colour_ridge_rank": "auto", "colour_ridge_trees": "auto"}
+    model = hist2st.tl.fit(adata, "hires", **settings, **common)
+    chosen = model.preprocessing["colour_ridge_trees"]
+    assert chosen in {share for share, _ in AUTO_FORESTS} and model.module.colour_ridge.fitted_trees == chosen
+    model.save(tmp_path / "model")
+    loaded = hist2st.Hist2ST.load(tmp_path / "model")
+    assert loaded.architecture.colour_ridge_trees == "auto" and loaded.module.colour_ridge.fitted_trees == chosen
+    np.testing.assert_array_equal(
+        loaded.predict(adata, show_progress_bar=False), model.predict(adata, show_progress_bar=False)
+    )
+    card = (model.save_pretrained(tmp_path / "card") / "README.md").read_text()
+    if chosen:
+        assert f"{chosen:g} of it from extremely randomised trees" in card and "programmes (chosen by" in card

@@ -285,6 +285,7 @@ class Hist2ST:
             if self.module.colour_ridge is not None:
                 fit_colour_ridge(self.module.colour_ridge, train, show_progress_bar)
                 preprocessing["colour_ridge_rank"] = self.module.colour_ridge.fitted_rank
+                preprocessing["colour_ridge_trees"] = self.module.colour_ridge.fitted_trees
         # the optimiser's state (twice the weights) and the gradients go now, not at some later collection
         del trainer, plan, previous
         gc.collect()
@@ -561,8 +562,11 @@ class Hist2ST:
         model.is_trained = config["is_trained"]
         model.module = Hist2STModule(model.architecture)
         check_state_dict(model.module.load_state_dict, state, path)
-        if model.module.colour_ridge is not None and "colour_ridge_rank" in model.preprocessing:
-            model.module.colour_ridge.fitted_rank = model.preprocessing["colour_ridge_rank"]  # 'auto''s choice
+        ridge = model.module.colour_ridge
+        if ridge is not None and "colour_ridge_rank" in model.preprocessing:  # what 'auto' chose
+            ridge.fitted_rank = model.preprocessing["colour_ridge_rank"]
+        if ridge is not None and "colour_ridge_trees" in model.preprocessing:
+            ridge.fitted_trees = model.preprocessing["colour_ridge_trees"]
         return model
 
     def save_pretrained(
@@ -645,10 +649,11 @@ def fit_colour_ridge(ridge: ColourRidge, sections: Sequence[Section], show_progr
     names = np.repeat([str(s.library_id) for s in sections], [s.n_spots for s in sections])
     ridge.fit(features, torch.cat([s.targets for s in sections]), names)
     logger.info(
-        "fitted the colour ridge on %d spots (penalty %g, rank %s)",
+        "fitted the colour ridge on %d spots (penalty %g, rank %s, forest's share %g)",
         len(features),
         float(ridge.alpha),
         ridge.fitted_rank or "full",
+        ridge.fitted_trees,
     )
 
 

@@ -272,10 +272,21 @@ def model_card(config: dict[str, Any], n_parameters: int, notes: dict[str, Any] 
         else:
             programmes = f"{rank} leading principal component{'s' if rank > 1 else ''}"
             projected = f", its predictions projected onto the {programmes} of the training expression{chosen}"
+        trees = pre.get("colour_ridge_trees", arch.get("colour_ridge_trees", 0))
+        chosen_trees = " (chosen by leave-one-section-out)" if arch.get("colour_ridge_trees") == "auto" else ""
+        if trees == "auto":  # not fitted yet
+            forest = "; a share from extremely randomised trees, chosen by leave-one-section-out when it is fitted"
+        elif trees:
+            forest = (
+                f"; {trees:g} of it from extremely randomised trees on the same features, predicting the same "
+                f"programmes{chosen_trees}"
+            )
+        else:
+            forest = ""
         lines.append(
             f"| colour ridge | weight {arch['colour_ridge']:g} in the predictions: a ridge regression on 18 colour and "
-            f"texture features of each patch, fitted on the training spots{projected} (validation r is the "
-            "network's alone) |"
+            f"texture features of each patch, fitted on the training spots{projected}{forest} (validation r is "
+            "the network's alone) |"
         )
     lines += [f"| {key} | {value} |" for key, value in notes.items()]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,8 @@
-"""A ridge regression on colour and texture features of each spot's patch, blended into the network's predictions."""
+"""A ridge regression on colour and texture features of each spot's patch, blended into the network's predictions.
+
+With ``trees``, extremely randomised trees on the same features join the ridge where it predicts the leading
+expression programmes.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +29,19 @@ ALPHAS = np.logspace(-2, 4, 13)
 AUTO_RANKS = (None, 2, 5, 10, 20, 50)
 #: The rank of ``rank='auto'`` where the training spots come from one section: the choice on her2st.
 SINGLE_SECTION_RANK = 5
+#: Number of extremely randomised trees in the forest of a ridge with ``trees`` above 0.
+N_TREES = 100
+#: Fewest training spots in a leaf of those trees; one in :data:`LEAVES_PER_TREE` of the spots where that is more.
+MIN_SPOTS_PER_LEAF = 10
+#: At most about this many leaves per tree, so that a forest fitted on a large section stays small.
+LEAVES_PER_TREE = 256
+_TREE_BUFFERS = ("tree_feature", "tree_threshold", "tree_children", "tree_value", "tree_means", "tree_components")
+#: Forests ``trees='auto'`` chooses among: (share, fewest spots in a leaf), by leave-one-section-out mean r.
+AUTO_FORESTS = ((0.0, MIN_SPOTS_PER_LEAF), *((t, leaf) for t in (0.25, 0.5, 0.75, 1.0) for leaf in (5, 10, 20)))
+#: The forest of ``trees='auto'`` where the training spots come from one section: the choice on most her2st splits.
+SINGLE_SECTION_FOREST = (0.5, 5)
+#: Spots whose trees are walked at once (the walk holds a few integers per spot and tree).
+_TREE_CHUNK = 16384
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +95,15 @@ class ColourRidge(nn.Module):
     spot: a ridge of each rank is fitted on all sections but one and scored on that one (mean Pearson r over the
     genes), in turn, and the rank of best mean score is kept as :attr:`fitted_rank`.
 
+    With ``trees`` above 0, a forest of extremely randomised trees (scikit-learn's ``ExtraTreesRegressor``, 100
+    trees, leaves of at least ``min_spots_per_leaf`` spots) learns the same features' map to
+    the scores of the ``rank`` leading programmes (5 where the ridge is of full rank), which need not be linear;
+    the prediction is then ``(1 - trees) * ridge + trees * forest``, the forest's scores taken back to the genes
+    through the programmes. The forest is kept as tensors and walked in torch, so the module saves, loads and
+    moves between devices as the ridge does. ``trees='auto'`` chooses the share (0, 0.25, 0.5, 0.75 or 1) and the
+    fewest spots in a leaf (5, 10 or 20) as ``rank='auto'`` chooses the rank, after it, with that rank; the choice
+    is kept as :attr:`fitted_trees` and :attr:`fitted_leaf`.
+
     Parameters
     ----------
     n_genes
@@ -86,20 +112,45 @@ class ColourRidge(nn.Module):
         Number of principal components of the training targets the predictions are projected onto; ``None``
         (or at least the number of genes or of training spots) keeps a ridge of full rank; ``'auto'`` chooses
         it at :meth:`fit`.
+    trees
+        Share of the forest in the predictions, in [0, 1]; ``0`` is the ridge alone; ``'auto'`` chooses it, with
+        the leaves' size, at :meth:`fit`.
+    min_spots_per_leaf
+        Fewest training spots in a leaf of the forest (raised to one in 256 of them, so that a tree has at most
+        about 256 leaves); where ``trees='auto'``, chosen instead.
 
     Shapes
     ------
     input ``(n, 18)`` features, output ``(n, n_genes)``.
     """
 
-    def __init__(self, n_genes: int, rank: int | str | None = None) -> None:
+    def __init__(
+        self,
+        n_genes: int,
+        rank: int | str | None = None,
+        trees: float | str = 0.0,
+        min_spots_per_leaf: int = MIN_SPOTS_PER_LEAF,
+    ) -> None:
         super().__init__()
         if not is_rank(rank):
             raise ValueError(
                 f"`rank` must be a whole number at least 1, 'auto' (chosen by leave-one-section-out) or None for a "
                 f"full-rank ridge, got {rank!r}."
             )
+        if not is_share(trees):
+            raise ValueError(
+                f"`trees` is the forest's share of the predictions, in [0, 1], or 'auto' (chosen by "
+                f"leave-one-section-out), got {trees!r}."
+            )
+        if isinstance(min_spots_per_leaf, bool) or not isinstance(min_spots_per_leaf, int) or min_spots_per_leaf < 1:
+            raise ValueError(f"`min_spots_per_leaf` must be a whole number at least 1, got {min_spots_per_leaf!r}.")
         self.rank = rank
+        self.trees = trees if trees == "auto" else float(trees)
+        self.min_spots_per_leaf = min_spots_per_leaf
+        #: The forest's share of the predictions (the chosen one where ``trees='auto'``; ``None`` until then).
+        self.fitted_trees: float | None = None if trees == "auto" else float(trees)
+        #: The fewest spots in a leaf :meth:`fit` asked of the forest (chosen where ``trees='auto'``).
+        self.fitted_leaf: int | None = None if trees == "auto" else min_spots_per_leaf
         #: The rank :meth:`fit` projected onto (``None``: full rank); the chosen one where ``rank='auto'``.
         self.fitted_rank: int | None = None if rank == "auto" else rank
         n_features = len(FEATURE_NAMES)
@@ -108,6 +159,13 @@ class ColourRidge(nn.Module):
         self.register_buffer("weight", torch.zeros(n_genes, n_features))
         self.register_buffer("bias", torch.zeros(n_genes))
         self.register_buffer("alpha", torch.zeros(()))
+        if self.trees == "auto" or self.trees > 0:  # sized by fit (or by the state loaded)
+            self.register_buffer("tree_feature", torch.zeros((0, 0), dtype=torch.long))
+            self.register_buffer("tree_threshold", torch.zeros((0, 0)))
+            self.register_buffer("tree_children", torch.zeros((0, 0, 2), dtype=torch.long))
+            self.register_buffer("tree_value", torch.zeros((0, 0, 0)))
+            self.register_buffer("tree_means", torch.zeros(n_genes))
+            self.register_buffer("tree_components", torch.zeros((0, n_genes)))
 
     @property
     def is_fitted(self) -> bool:
@@ -119,8 +177,9 @@ class ColourRidge(nn.Module):
     ) -> ColourRidge:
         """Fit on ``(n, 18)`` features and ``(n, n_genes)`` targets of the training spots.
 
-        ``sections`` names the section of each spot; ``rank='auto'`` needs it to choose the rank by
-        leave-one-section-out, and takes 5 (the choice on her2st) where there is one section (or none given).
+        ``sections`` names the section of each spot; ``rank='auto'`` and ``trees='auto'`` need it to choose by
+        leave-one-section-out, and take rank 5 and half of a forest of leaves of 5 spots (the choices on her2st)
+        where there is one section (or none given).
         """
         x = features.double().cpu().numpy()
         y = targets.double().cpu().numpy()
@@ -130,8 +189,12 @@ class ColourRidge(nn.Module):
             raise ValueError(f"`sections` names {len(sections)} spots, the features {len(x)}.")
         if self.rank == "auto":
             self.fitted_rank = choose_rank(x, y, sections)
+        x32 = features.float().cpu().numpy()  # the forest splits the float32 features it is walked with
+        if self.trees == "auto":
+            self.fitted_trees, self.fitted_leaf = choose_forest(x, x32, y, sections, self.fitted_rank)
         mean, scale, weight, bias, alpha = standardised_ridge(x, y)
-        weight, bias = reduced_rank(weight, bias, y, self.fitted_rank)
+        components = programmes(y, self.fitted_rank) if self.fitted_trees else None
+        weight, bias = reduced_rank(weight, bias, y, self.fitted_rank, components)
         for name, value in (
             ("mean", mean),
             ("scale", scale),
@@ -140,10 +203,84 @@ class ColourRidge(nn.Module):
             ("alpha", np.asarray(alpha)),
         ):
             getattr(self, name).copy_(torch.as_tensor(value, dtype=torch.float32))
+        if self.fitted_trees:
+            self._fit_forest(x32, y, components)
         return self
 
+    def _fit_forest(self, features: np.ndarray, targets: np.ndarray, components: np.ndarray) -> None:
+        """The forest from float32 ``features`` to the targets' scores on ``components``."""
+        means = targets.mean(0)
+        packed = packed_forest(extra_trees(features, (targets - means) @ components.T, self.fitted_leaf))
+        packed["tree_means"], packed["tree_components"] = means, components
+        for name, value in packed.items():
+            tensor = torch.as_tensor(value)
+            self._buffers[name] = (tensor.float() if tensor.is_floating_point() else tensor).to(self.alpha.device)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.linear((features.float() - self.mean) / self.scale, self.weight, self.bias)
+        linear = F.linear((features.float() - self.mean) / self.scale, self.weight, self.bias)
+        share = self.fitted_trees
+        if not share or self.tree_value.numel() == 0:
+            return linear
+        scores = torch.cat([self.forest_scores(part) for part in features.float().split(_TREE_CHUNK)])
+        return (1 - share) * linear + share * (self.tree_means + scores @ self.tree_components)
+
+    def forest_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """The forest's mean prediction of the programmes' scores for ``(n, 18)`` float32 features, ``(n, k)``."""
+        n_trees, n_nodes = self.tree_feature.shape
+        offsets = torch.arange(n_trees, device=features.device) * n_nodes
+        node = offsets.expand(len(features), n_trees)  # index into the flattened trees; every walk starts at a root
+        feature, threshold = self.tree_feature.flatten(), self.tree_threshold.flatten()
+        children = self.tree_children.view(-1, 2)
+        # a leaf is its own child on either side: the walk ends when no spot moves
+        for _ in range(n_nodes):
+            right = (features.gather(1, feature[node]) > threshold[node]).long()
+            following = children[node, right] + offsets
+            if torch.equal(following, node):
+                break
+            node = following
+        return self.tree_value.view(n_trees * n_nodes, -1)[node].mean(1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        for name in _TREE_BUFFERS:  # the forest's size is the fitted one's
+            if name in self._buffers and prefix + name in state_dict:
+                self._buffers[name] = torch.empty_like(state_dict[prefix + name], device=self.alpha.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def packed_forest(forest) -> dict[str, np.ndarray]:
+    """A fitted scikit-learn forest of regression trees as arrays of one shape, padded to the largest tree.
+
+    ``tree_feature`` and ``tree_threshold`` (trees x nodes): a spot goes to the right child where its feature is
+    above the threshold (float32, rounded down so that float32 features are sent where scikit-learn sends them);
+    ``tree_children`` (trees x nodes x 2): left and right child, a leaf (and padding) its own; ``tree_value``
+    (trees x nodes x outputs): the mean training target in each node.
+    """
+    trees = [estimator.tree_ for estimator in forest.estimators_]
+    n_nodes = max(tree.node_count for tree in trees)
+    n_outputs = trees[0].value.shape[1]
+    feature = np.zeros((len(trees), n_nodes), dtype=np.int64)
+    threshold = np.full((len(trees), n_nodes), np.inf, dtype=np.float32)
+    children = np.tile(np.arange(n_nodes)[:, None], (len(trees), 1, 2))
+    value = np.zeros((len(trees), n_nodes, n_outputs), dtype=np.float32)
+    for k, tree in enumerate(trees):
+        n = tree.node_count
+        split = np.flatnonzero(tree.children_left[:n] >= 0)
+        rounded = tree.threshold[split].astype(np.float32)
+        above = rounded.astype(np.float64) > tree.threshold[split]
+        rounded[above] = np.nextafter(rounded[above], np.float32(-np.inf))
+        feature[k, split] = tree.feature[split]
+        threshold[k, split] = rounded
+        children[k, split, 0] = tree.children_left[split]
+        children[k, split, 1] = tree.children_right[split]
+        value[k, :n] = tree.value[:n, :, 0]
+    return {"tree_feature": feature, "tree_threshold": threshold, "tree_children": children, "tree_value": value}
+
+
+def is_share(trees) -> bool:
+    """Whether ``trees`` is a valid forest share of :class:`ColourRidge`: ``'auto'`` or a number in [0, 1]."""
+    if isinstance(trees, str):
+        return trees == "auto"
+    return not isinstance(trees, bool) and isinstance(trees, int | float | np.floating) and 0 <= trees <= 1
 
 
 def is_rank(rank) -> bool:
@@ -166,6 +303,17 @@ def standardised_ridge(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     return mean, scale, np.atleast_2d(ridge.coef_), np.atleast_1d(ridge.intercept_), np.asarray(ridge.alpha_)
 
 
+def left_out_sections(sections: Sequence | np.ndarray | None, n_spots: int) -> list:
+    """The sections of ``sections`` (one name per spot) that can be left out in turn.
+
+    Each and the rest have two spots at least, for a correlation and a fit.
+    """
+    if sections is None:
+        return []
+    labels = np.asarray(sections)
+    return [n for n in dict.fromkeys(labels.tolist()) if 2 <= (labels == n).sum() <= n_spots - 2]
+
+
 def choose_rank(features: np.ndarray, targets: np.ndarray, sections: Sequence | np.ndarray | None) -> int | None:
     """The rank of :data:`AUTO_RANKS` of best leave-one-section-out mean r over the genes.
 
@@ -174,9 +322,8 @@ def choose_rank(features: np.ndarray, targets: np.ndarray, sections: Sequence | 
     it; the first of the best wins. With fewer than two sections (of two spots or more),
     :data:`SINGLE_SECTION_RANK`.
     """
+    names = left_out_sections(sections, len(features))
     labels = np.asarray(sections) if sections is not None else np.zeros(len(features))
-    # a section is left out where it and the rest have two spots each, for a correlation and a fit
-    names = [n for n in dict.fromkeys(labels.tolist()) if 2 <= (labels == n).sum() <= len(labels) - 2]
     if len(names) < 2:
         logger.info(
             "the training spots come from one section, so the colour ridge's rank cannot be chosen by leaving a "
@@ -207,6 +354,80 @@ def choose_rank(features: np.ndarray, targets: np.ndarray, sections: Sequence | 
         ", ".join(f"{rank or 'full'} {score:.4f}" for rank, score in zip(AUTO_RANKS, scores, strict=True)),
     )
     return chosen
+
+
+def choose_forest(
+    features: np.ndarray,
+    features32: np.ndarray,
+    targets: np.ndarray,
+    sections: Sequence | np.ndarray | None,
+    rank: int | None,
+) -> tuple[float, int]:
+    """The (share, fewest spots in a leaf) of :data:`AUTO_FORESTS` of best leave-one-section-out mean r.
+
+    As :func:`choose_rank`, with the ridge of ``rank`` (the programmes of the others' spots) and a forest of each
+    leaf size on the same programmes, blended at each share. With fewer than two sections,
+    :data:`SINGLE_SECTION_FOREST`.
+    """
+    names = left_out_sections(sections, len(features))
+    if len(names) < 2:
+        logger.info(
+            "the training spots come from one section, so the colour ridge's forest cannot be chosen by leaving a "
+            "section out: share %g, leaves of %d spots, the choice on most her2st splits",
+            *SINGLE_SECTION_FOREST,
+        )
+        return SINGLE_SECTION_FOREST
+    from st_hist2st.nn._plan import pearson_per_gene  # _plan builds on the module, which holds this ridge
+
+    labels = np.asarray(sections)
+    scores = np.zeros(len(AUTO_FORESTS))
+    for name in names:
+        held = labels == name
+        y = targets[~held]
+        means = y.mean(0)
+        mean, scale, weight, bias, _ = standardised_ridge(features[~held], y)
+        components = programmes(y, rank)
+        weight, bias = reduced_rank(weight, bias, y, rank, components)
+        linear = (features[held] - mean) / scale @ weight.T + bias
+        forests = {
+            leaf: means
+            + extra_trees(features32[~held], (y - means) @ components.T, leaf).predict(features32[held]) @ components
+            for leaf in dict.fromkeys(leaf for share, leaf in AUTO_FORESTS if share)
+        }
+        observed = torch.from_numpy(targets[held])
+        for k, (share, leaf) in enumerate(AUTO_FORESTS):
+            predicted = linear if share == 0 else (1 - share) * linear + share * forests[leaf]
+            r = pearson_per_gene(torch.from_numpy(predicted), observed).numpy()
+            scores[k] += (np.nanmean(r) if np.isfinite(r).any() else np.nan) / len(names)
+    share, leaf = AUTO_FORESTS[int(np.argmax(np.nan_to_num(scores, nan=-np.inf)))]
+    logger.info(
+        "the colour ridge's forest by leave-one-section-out over %d sections: share %g, leaves of %d spots (mean r %s)",
+        len(names),
+        share,
+        leaf,
+        ", ".join(f"{t:g}/{lf} {score:.4f}" for (t, lf), score in zip(AUTO_FORESTS, scores, strict=True)),
+    )
+    return share, leaf
+
+
+def extra_trees(features: np.ndarray, scores: np.ndarray, leaf: int):
+    """A fitted forest of :data:`N_TREES` extremely randomised trees from ``features`` to ``scores``.
+
+    Its leaves hold at least ``leaf`` spots, or one in :data:`LEAVES_PER_TREE` of them where that is more.
+    """
+    from sklearn.ensemble import ExtraTreesRegressor
+
+    leaf = max(leaf, -(-len(features) // LEAVES_PER_TREE))
+    return ExtraTreesRegressor(N_TREES, min_samples_leaf=leaf, max_features=0.5, random_state=0).fit(features, scores)
+
+
+def programmes(targets: np.ndarray, rank: int | None) -> np.ndarray:
+    """The leading principal components of the training ``targets`` that a forest predicts.
+
+    ``rank`` of them (:data:`SINGLE_SECTION_RANK` for a ridge of full rank), as many as the spots and genes allow.
+    """
+    n = min(rank or SINGLE_SECTION_RANK, len(targets) - 1, targets.shape[1])
+    return leading_components(targets - targets.mean(0), n)
 
 
 def reduced_rank(

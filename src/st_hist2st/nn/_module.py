@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from st_hist2st.nn._augment import SectionAugment
-from st_hist2st.nn._colour_ridge import ColourRidge, is_rank
+from st_hist2st.nn._colour_ridge import ColourRidge, is_rank, is_share
 from st_hist2st.nn._convmixer import (
     PatchEncoder,
     SectionBatchNorm2d,
@@ -94,6 +94,13 @@ class Architecture:
         (reduced-rank regression, see :class:`~st_hist2st.nn.ColourRidge`); ``None`` keeps a ridge of full
         rank; ``'auto'`` chooses among 2, 5, 10, 20, 50 and full rank by leave-one-section-out over the
         training sections (5 where there is one). Only used where ``colour_ridge`` is above 0.
+    colour_ridge_trees
+        Share, in [0, 1], of a forest of extremely randomised trees in the colour ridge's predictions: it learns
+        the same features' map to the leading expression programmes (``colour_ridge_rank`` of them, 5 where the
+        ridge is of full rank), which need not be linear (see :class:`~st_hist2st.nn.ColourRidge`). ``0``: the
+        ridge alone; ``'auto'`` chooses the share among 0, 0.25, 0.5, 0.75 and 1 (with the leaves' size) by
+        leave-one-section-out over the training sections, as ``colour_ridge_rank='auto'`` chooses the rank (half,
+        with leaves of 5 spots, where there is one). Only used where ``colour_ridge`` is above 0.
     """
 
     n_genes: int = 785
@@ -119,6 +126,7 @@ class Architecture:
     field_of_view: float = 1.0
     colour_ridge: float = 0.0
     colour_ridge_rank: int | str | None = None
+    colour_ridge_trees: float | str = 0.0
 
     def __post_init__(self) -> None:
         for name in ("n_genes", "fig_size", "patch_size", "channel", "kernel_size", "heads", "dim_head", "n_pos"):
@@ -143,6 +151,11 @@ class Architecture:
             raise ValueError(
                 "`colour_ridge_rank` must be a whole number at least 1, 'auto' (chosen by leave-one-section-out) "
                 f"or None for a full-rank ridge, got {self.colour_ridge_rank!r}."
+            )
+        if not is_share(self.colour_ridge_trees):
+            raise ValueError(
+                "`colour_ridge_trees` is the forest's share of the colour ridge, in [0, 1], or 'auto' (chosen by "
+                f"leave-one-section-out), got {self.colour_ridge_trees!r}."
             )
         if not self.pixel_scale > 0:
             raise ValueError(f"`pixel_scale` must be positive, got {self.pixel_scale}.")
@@ -236,7 +249,11 @@ class Hist2STModule(nn.Module):
         self.zinb = ZINBHead(dim, arch.n_genes) if arch.zinb_head else None
         self.pass_weight = PassWeight(dim) if arch.distillation_head else None
         self.gene_head = ExpressionHead(dim, arch.n_genes)
-        self.colour_ridge = ColourRidge(arch.n_genes, arch.colour_ridge_rank) if arch.colour_ridge > 0 else None
+        self.colour_ridge = (
+            ColourRidge(arch.n_genes, arch.colour_ridge_rank, arch.colour_ridge_trees)
+            if arch.colour_ridge > 0
+            else None
+        )
         self.augment = SectionAugment()
         #: Patches encoded at once at prediction (about 0.33 GB of activations for the default network). The
         #: section's statistics are taken first (``section_batchnorm``: in one pass over up to 2,048 patches).
