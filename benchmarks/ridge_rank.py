@@ -69,6 +69,41 @@ def her2st_as_blend_cuts() -> tuple:
     return adata, sections, {s.library_id: s for s in cut}
 
 
+def colour_inputs(folders) -> tuple:
+    """her2st, its section names, the saved models under ``folders`` grouped by the sections they were trained on,
+    every section cut as the first of them predicts (or as ``'blend'`` cuts, without ``folders``), and each
+    section's 18 colour features and targets."""
+    if folders:
+        adata, sections, groups, _, cut = her2st_and_saved_models(folders)
+    else:
+        (adata, sections, cut), groups = her2st_as_blend_cuts(), {}
+    features = {name: features_of(s) for name, s in cut.items()}
+    targets = {name: s.targets for name, s in cut.items()}
+    return adata, sections, groups, cut, features, targets
+
+
+def add_blends(row: dict, adata, paths, test: str, ridges: dict, weight: float) -> None:
+    """Add to ``row`` the held-out mean r and Moran's I Spearman on ``test`` of the models saved at ``paths``
+    (averaged): their network alone, and blended at ``weight`` with each ridge of ``ridges`` (column name ->
+    its state and forest share)."""
+    models = [hist2st.Hist2ST.load(path) for path in paths]
+    for column, (state, share) in ridges.items():
+        scores = blended_scores(adata, models, state, test, [0.0, weight], share)
+        for key, w in (("network", 0.0), (column, weight)):
+            row[key] = scores[test, w]["mean_r"]
+            row[f"{key}, Moran"] = scores[test, w]["moran_spearman"]
+    row["models"] = len(models)
+
+
+def print_table(rows: list[dict], weight: float, blended: bool, labels: list[str]) -> None:
+    """The rows, one per held-out section, and the mean of every column but the ``labels``."""
+    table = pd.DataFrame(rows).set_index("test")
+    print(f"held-out mean r (blends at w={weight:g}) and Moran's I Spearman" if blended else "held-out mean r")
+    print(table.round(4).to_string())
+    means = table.drop(columns=labels).mean()
+    print("mean: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -79,12 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    if args.out:
-        adata, sections, groups, _, cut = her2st_and_saved_models(args.out)
-    else:
-        (adata, sections, cut), groups = her2st_as_blend_cuts(), {}
-    features = {name: features_of(s) for name, s in cut.items()}
-    targets = {name: s.targets for name, s in cut.items()}
+    adata, sections, groups, cut, features, targets = colour_inputs(args.out)
     ranks = [None, *args.ranks]
     rows = []
     for test in sections:
@@ -116,20 +146,13 @@ def main() -> None:
         }
         paths = groups.get(tuple(train_on))
         if paths:
-            models = [hist2st.Hist2ST.load(path) for path in paths]
-            for name, rank in (("full", None), ("chosen rank", chosen)):
-                state = fitted_ridge(features, targets, train_on, rank).state_dict()
-                scores = blended_scores(adata, models, state, test, [0.0, args.weight])
-                for key, weight in (("network", 0.0), (f"blend, {name}", args.weight)):
-                    row[key] = scores[test, weight]["mean_r"]
-                    row[f"{key}, Moran"] = scores[test, weight]["moran_spearman"]
-            row["models"] = len(models)
+            ridges = {
+                f"blend, {name}": (fitted_ridge(features, targets, train_on, rank).state_dict(), 0.0)
+                for name, rank in (("full", None), ("chosen rank", chosen))
+            }
+            add_blends(row, adata, paths, test, ridges, args.weight)
         rows.append(row)
-    table = pd.DataFrame(rows).set_index("test")
-    print(f"held-out mean r (blends at w={args.weight:g}) and Moran's I Spearman" if groups else "held-out mean r")
-    print(table.round(4).to_string())
-    means = table.drop(columns=["rank", "rank 'auto' chose"]).mean()
-    print("mean: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
+    print_table(rows, args.weight, bool(groups), ["rank", "rank 'auto' chose"])
 
 
 if __name__ == "__main__":
