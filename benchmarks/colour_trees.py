@@ -32,20 +32,11 @@ import warnings
 import numpy as np
 import torch
 from her2st import mean_r
-from ridge_rank import add_blends, colour_inputs, print_table
+from ridge_rank import add_blends, colour_inputs, print_table, ridge_r
 
 from st_hist2st._model import fit_colour_ridge
 from st_hist2st.nn import ColourRidge
 from st_hist2st.nn._colour_ridge import AUTO_FORESTS
-
-
-def ridge_r(features, targets, trained_on, section, rank, trees, leaf) -> float:
-    """Held-out mean r on ``section`` of a ridge of ``rank`` and forest (``trees``, ``leaf``) fitted on the
-    ``trained_on`` sections."""
-    ridge = ColourRidge(targets[section].shape[1], rank, trees, leaf)
-    ridge.fit(torch.cat([features[s] for s in trained_on]), torch.cat([targets[s] for s in trained_on]))
-    with torch.inference_mode():
-        return mean_r(ridge(features[section]).numpy(), targets[section].numpy())
 
 
 def main() -> None:

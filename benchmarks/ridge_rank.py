@@ -40,18 +40,20 @@ import st_hist2st as hist2st
 from st_hist2st._data._section import prepare_sections
 from st_hist2st._model import fit_colour_ridge
 from st_hist2st.nn import ColourRidge
+from st_hist2st.nn._colour_ridge import MIN_SPOTS_PER_LEAF
 from st_hist2st.nn._training import preset
 
 
-def fitted_ridge(features, targets, trained_on, rank) -> ColourRidge:
-    """A :class:`ColourRidge` of ``rank`` fitted on the ``trained_on`` sections."""
-    ridge = ColourRidge(targets[trained_on[0]].shape[1], rank)
+def fitted_ridge(features, targets, trained_on, rank, trees=0.0, leaf=MIN_SPOTS_PER_LEAF) -> ColourRidge:
+    """A :class:`ColourRidge` of ``rank`` (and forest of share ``trees``, leaves of ``leaf`` spots) fitted on the
+    ``trained_on`` sections."""
+    ridge = ColourRidge(targets[trained_on[0]].shape[1], rank, trees, leaf)
     return ridge.fit(torch.cat([features[s] for s in trained_on]), torch.cat([targets[s] for s in trained_on]))
 
 
-def ridge_r(features, targets, trained_on, section, rank) -> float:
-    """Held-out mean r on ``section`` of a ridge of ``rank`` fitted on the ``trained_on`` sections."""
-    ridge = fitted_ridge(features, targets, trained_on, rank)
+def ridge_r(features, targets, trained_on, section, rank, trees=0.0, leaf=MIN_SPOTS_PER_LEAF) -> float:
+    """Held-out mean r on ``section`` of :func:`fitted_ridge`."""
+    ridge = fitted_ridge(features, targets, trained_on, rank, trees, leaf)
     with torch.inference_mode():
         predicted = ridge(features[section])
     return mean_r(predicted.numpy(), targets[section].numpy())

@@ -563,10 +563,9 @@ class Hist2ST:
         model.module = Hist2STModule(model.architecture)
         check_state_dict(model.module.load_state_dict, state, path)
         ridge = model.module.colour_ridge
-        if ridge is not None and "colour_ridge_rank" in model.preprocessing:  # what 'auto' chose
-            ridge.fitted_rank = model.preprocessing["colour_ridge_rank"]
-        if ridge is not None and "colour_ridge_trees" in model.preprocessing:
-            ridge.fitted_trees = model.preprocessing["colour_ridge_trees"]
+        if ridge is not None:  # what 'auto' chose
+            ridge.fitted_rank = model.preprocessing.get("colour_ridge_rank", ridge.fitted_rank)
+            ridge.fitted_trees = model.preprocessing.get("colour_ridge_trees", ridge.fitted_trees)
         return model
 
     def save_pretrained(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -187,11 +188,13 @@ class ColourRidge(nn.Module):
             raise ValueError(f"The colour ridge needs at least 2 training spots, got {len(x)}.")
         if sections is not None and len(sections) != len(x):
             raise ValueError(f"`sections` names {len(sections)} spots, the features {len(x)}.")
+        # the ridges fitted leaving out one section at a time serve both choices
+        folds = section_folds(x, y, sections) if "auto" in (self.rank, self.trees) else []
         if self.rank == "auto":
-            self.fitted_rank = choose_rank(x, y, sections)
+            self.fitted_rank = choose_rank(folds, y)
         x32 = features.float().cpu().numpy()  # the forest splits the float32 features it is walked with
         if self.trees == "auto":
-            self.fitted_trees, self.fitted_leaf = choose_forest(x, x32, y, sections, self.fitted_rank)
+            self.fitted_trees, self.fitted_leaf = choose_forest(folds, x32, y, self.fitted_rank)
         mean, scale, weight, bias, alpha = standardised_ridge(x, y)
         components = programmes(y, self.fitted_rank) if self.fitted_trees else None
         weight, bias = reduced_rank(weight, bias, y, self.fitted_rank, components)
@@ -303,53 +306,88 @@ def standardised_ridge(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     return mean, scale, np.atleast_2d(ridge.coef_), np.atleast_1d(ridge.intercept_), np.asarray(ridge.alpha_)
 
 
-def left_out_sections(sections: Sequence | np.ndarray | None, n_spots: int) -> list:
-    """The sections of ``sections`` (one name per spot) that can be left out in turn.
+@dataclass
+class Fold:
+    """A ridge fitted on the spots of all training sections but one, to be scored on that one's."""
 
-    Each and the rest have two spots at least, for a correlation and a fit.
+    #: The left-out section's spots.
+    held: np.ndarray
+    #: Their features, standardised over the other spots.
+    standardised: np.ndarray
+    #: The ridge's coefficients ``(n_genes, n_features)`` and intercepts, of full rank.
+    weight: np.ndarray
+    bias: np.ndarray
+    #: The other spots' leading programmes, as many as the highest rank of :data:`AUTO_RANKS` (spots and genes
+    #: allowing); ``None`` where there are none.
+    components: np.ndarray | None
+
+
+def section_folds(features: np.ndarray, targets: np.ndarray, sections: Sequence | np.ndarray | None) -> list[Fold]:
+    """A :class:`Fold` for each section that can be left out; none where fewer than two can.
+
+    A section can be left out where it and the rest have two spots each, for a correlation and a fit.
     """
     if sections is None:
         return []
     labels = np.asarray(sections)
-    return [n for n in dict.fromkeys(labels.tolist()) if 2 <= (labels == n).sum() <= n_spots - 2]
+    names = [n for n in dict.fromkeys(labels.tolist()) if 2 <= (labels == n).sum() <= len(labels) - 2]
+    if len(names) < 2:
+        return []
+    folds = []
+    for name in names:
+        held = labels == name
+        y = targets[~held]
+        mean, scale, weight, bias, _ = standardised_ridge(features[~held], y)
+        # one decomposition for every rank below the full one
+        top = min(max(r for r in AUTO_RANKS if r is not None), len(y) - 1, y.shape[1])
+        components = leading_components(y - y.mean(0), top) if top >= 1 else None
+        folds.append(Fold(held, (features[held] - mean) / scale, weight, bias, components))
+    return folds
 
 
-def choose_rank(features: np.ndarray, targets: np.ndarray, sections: Sequence | np.ndarray | None) -> int | None:
+def fold_mean_r(folds: list[Fold], targets: np.ndarray, predicted: list[np.ndarray]) -> float:
+    """The mean over ``folds`` of the mean Pearson r over the genes on each fold's left-out spots.
+
+    ``predicted`` holds each fold's prediction of its left-out spots' ``targets``.
+    """
+    from st_hist2st.nn._plan import pearson_per_gene  # _plan builds on the module, which holds this ridge
+
+    total = 0.0
+    for fold, prediction in zip(folds, predicted, strict=True):
+        r = pearson_per_gene(torch.from_numpy(prediction), torch.from_numpy(targets[fold.held])).numpy()
+        total += (np.nanmean(r) if np.isfinite(r).any() else np.nan) / len(folds)
+    return total
+
+
+def best(scores: list[float]) -> int:
+    """The index of the best of ``scores`` (the first of equals; a score that is NaN never wins)."""
+    return int(np.argmax(np.nan_to_num(np.asarray(scores), nan=-np.inf)))
+
+
+def choose_rank(folds: list[Fold], targets: np.ndarray) -> int | None:
     """The rank of :data:`AUTO_RANKS` of best leave-one-section-out mean r over the genes.
 
-    For each section, ridges are fitted on the others' spots (features standardised over them) and projected onto
-    each rank; each rank's r per gene on the section, averaged over the genes and then over the sections, ranks
-    it; the first of the best wins. With fewer than two sections (of two spots or more),
-    :data:`SINGLE_SECTION_RANK`.
+    Each fold's ridge is projected onto each rank of the programmes of its training spots; each rank's r per gene
+    on the left-out section, averaged over the genes and then over the ``folds``, ranks it; the first of the best
+    wins. With fewer than two folds, :data:`SINGLE_SECTION_RANK`.
     """
-    names = left_out_sections(sections, len(features))
-    labels = np.asarray(sections) if sections is not None else np.zeros(len(features))
-    if len(names) < 2:
+    if not folds:
         logger.info(
             "the training spots come from one section, so the colour ridge's rank cannot be chosen by leaving a "
             "section out: rank %d, the choice on her2st",
             SINGLE_SECTION_RANK,
         )
         return SINGLE_SECTION_RANK
-    from st_hist2st.nn._plan import pearson_per_gene  # _plan builds on the module, which holds this ridge
 
-    scores = np.zeros(len(AUTO_RANKS))
-    for name in names:
-        held = labels == name
-        y = targets[~held]
-        mean, scale, weight, bias, _ = standardised_ridge(features[~held], y)
-        standardised = (features[held] - mean) / scale
-        # one decomposition for every rank below the full one
-        top = min(max(r for r in AUTO_RANKS if r is not None), len(y) - 1, y.shape[1])
-        components = leading_components(y - y.mean(0), top) if top >= 1 else None
-        for k, rank in enumerate(AUTO_RANKS):
-            w, b = reduced_rank(weight, bias, y, rank, components)
-            r = pearson_per_gene(torch.from_numpy(standardised @ w.T + b), torch.from_numpy(targets[held])).numpy()
-            scores[k] += (np.nanmean(r) if np.isfinite(r).any() else np.nan) / len(names)
-    chosen = AUTO_RANKS[int(np.argmax(np.nan_to_num(scores, nan=-np.inf)))]
+    def projected(fold: Fold, rank: int | None) -> np.ndarray:
+        weight, bias = reduced_rank(fold.weight, fold.bias, targets[~fold.held], rank, fold.components)
+        return fold.standardised @ weight.T + bias
+
+    scores = [fold_mean_r(folds, targets, [projected(fold, rank) for fold in folds]) for rank in AUTO_RANKS]
+    chosen = AUTO_RANKS[best(scores)]
     logger.info(
         "the colour ridge's rank by leave-one-section-out over %d sections: %s (mean r %s)",
-        len(names),
+        len(folds),
         chosen or "full",
         ", ".join(f"{rank or 'full'} {score:.4f}" for rank, score in zip(AUTO_RANKS, scores, strict=True)),
     )
@@ -357,52 +395,50 @@ def choose_rank(features: np.ndarray, targets: np.ndarray, sections: Sequence | 
 
 
 def choose_forest(
-    features: np.ndarray,
-    features32: np.ndarray,
-    targets: np.ndarray,
-    sections: Sequence | np.ndarray | None,
-    rank: int | None,
+    folds: list[Fold], features32: np.ndarray, targets: np.ndarray, rank: int | None
 ) -> tuple[float, int]:
     """The (share, fewest spots in a leaf) of :data:`AUTO_FORESTS` of best leave-one-section-out mean r.
 
-    As :func:`choose_rank`, with the ridge of ``rank`` (the programmes of the others' spots) and a forest of each
-    leaf size on the same programmes, blended at each share. With fewer than two sections,
-    :data:`SINGLE_SECTION_FOREST`.
+    As :func:`choose_rank`, with each fold's ridge of ``rank`` and a forest of each leaf size on the same
+    programmes (of the fold's training spots, from ``float32`` features), blended at each share. With fewer than
+    two folds, :data:`SINGLE_SECTION_FOREST`.
     """
-    names = left_out_sections(sections, len(features))
-    if len(names) < 2:
+    if not folds:
         logger.info(
             "the training spots come from one section, so the colour ridge's forest cannot be chosen by leaving a "
             "section out: share %g, leaves of %d spots, the choice on most her2st splits",
             *SINGLE_SECTION_FOREST,
         )
         return SINGLE_SECTION_FOREST
-    from st_hist2st.nn._plan import pearson_per_gene  # _plan builds on the module, which holds this ridge
-
-    labels = np.asarray(sections)
-    scores = np.zeros(len(AUTO_FORESTS))
-    for name in names:
-        held = labels == name
-        y = targets[~held]
+    leaves = dict.fromkeys(leaf for share, leaf in AUTO_FORESTS if share)
+    linear, forests = [], []  # each fold's predictions, which every candidate blends
+    for fold in folds:
+        y = targets[~fold.held]
         means = y.mean(0)
-        mean, scale, weight, bias, _ = standardised_ridge(features[~held], y)
-        components = programmes(y, rank)
-        weight, bias = reduced_rank(weight, bias, y, rank, components)
-        linear = (features[held] - mean) / scale @ weight.T + bias
-        forests = {
-            leaf: means
-            + extra_trees(features32[~held], (y - means) @ components.T, leaf).predict(features32[held]) @ components
-            for leaf in dict.fromkeys(leaf for share, leaf in AUTO_FORESTS if share)
-        }
-        observed = torch.from_numpy(targets[held])
-        for k, (share, leaf) in enumerate(AUTO_FORESTS):
-            predicted = linear if share == 0 else (1 - share) * linear + share * forests[leaf]
-            r = pearson_per_gene(torch.from_numpy(predicted), observed).numpy()
-            scores[k] += (np.nanmean(r) if np.isfinite(r).any() else np.nan) / len(names)
-    share, leaf = AUTO_FORESTS[int(np.argmax(np.nan_to_num(scores, nan=-np.inf)))]
+        components = programmes(y, rank, fold.components)
+        weight, bias = reduced_rank(fold.weight, fold.bias, y, rank, components)
+        linear.append(fold.standardised @ weight.T + bias)
+        programme_scores = (y - means) @ components.T
+        forests.append(
+            {
+                leaf: means
+                + extra_trees(features32[~fold.held], programme_scores, leaf).predict(features32[fold.held])
+                @ components
+                for leaf in leaves
+            }
+        )
+
+    def blended(share: float, leaf: int) -> list[np.ndarray]:
+        return [
+            ridge if share == 0 else (1 - share) * ridge + share * forest[leaf]
+            for ridge, forest in zip(linear, forests, strict=True)
+        ]
+
+    scores = [fold_mean_r(folds, targets, blended(share, leaf)) for share, leaf in AUTO_FORESTS]
+    share, leaf = AUTO_FORESTS[best(scores)]
     logger.info(
         "the colour ridge's forest by leave-one-section-out over %d sections: share %g, leaves of %d spots (mean r %s)",
-        len(names),
+        len(folds),
         share,
         leaf,
         ", ".join(f"{t:g}/{lf} {score:.4f}" for (t, lf), score in zip(AUTO_FORESTS, scores, strict=True)),
@@ -421,12 +457,15 @@ def extra_trees(features: np.ndarray, scores: np.ndarray, leaf: int):
     return ExtraTreesRegressor(N_TREES, min_samples_leaf=leaf, max_features=0.5, random_state=0).fit(features, scores)
 
 
-def programmes(targets: np.ndarray, rank: int | None) -> np.ndarray:
+def programmes(targets: np.ndarray, rank: int | None, components: np.ndarray | None = None) -> np.ndarray:
     """The leading principal components of the training ``targets`` that a forest predicts.
 
-    ``rank`` of them (:data:`SINGLE_SECTION_RANK` for a ridge of full rank), as many as the spots and genes allow.
+    ``rank`` of them (:data:`SINGLE_SECTION_RANK` for a ridge of full rank), as many as the spots and genes allow:
+    the first rows of ``components`` (from :func:`leading_components` of a higher rank) where it has enough.
     """
     n = min(rank or SINGLE_SECTION_RANK, len(targets) - 1, targets.shape[1])
+    if components is not None and len(components) >= n:
+        return components[:n]
     return leading_components(targets - targets.mean(0), n)
 
 
