@@ -20,6 +20,13 @@ the models trained so far and a later one only the rest.
     python benchmarks/blend.py --train --preset wide --out runs/blend --part 1/2
     python benchmarks/blend.py --out runs/blend --weights 0 0.25 0.5 0.75 1
 
+``--rank`` and ``--trees`` fit the ridge with that ``colour_ridge_rank`` and ``colour_ridge_trees`` (``auto``:
+chosen on each model's training sections, as :func:`st_hist2st.tl.fit` chooses them); the default is the
+full-rank ridge without a forest, with which ``'blend'``'s weight was first chosen. Several ``--trees`` make
+each forest with each weight a candidate, chosen together by the inner models:
+
+    python benchmarks/blend.py --out runs/blend --rank auto --trees 0 auto
+
 Outer models of other seeds, trained by ``benchmarks/her2st.py``, join the averages (inner models stay one):
 
     python benchmarks/her2st.py --preset wide --seed 1 --out runs/seed1
@@ -114,11 +121,17 @@ def features_of(section) -> torch.Tensor:
     return patch_features(section.patches_of(np.arange(section.n_spots)))
 
 
+def fitted_ridge(model: hist2st.Hist2ST, adata, rank: int | str | None = None, trees: float | str = 0.0):
+    """A colour ridge (of ``rank``, with ``trees``, the share of its forest) fitted on the sections ``model`` was
+    trained on, as :func:`st_hist2st.tl.fit` fits it."""
+    ridge = hist2st.nn.ColourRidge(len(model.genes), rank, trees)
+    fit_colour_ridge(ridge, model_sections(model, adata, model.preprocessing["train_libraries"]), False)
+    return ridge
+
+
 def fitted_ridge_state(model: hist2st.Hist2ST, adata, rank: int | None = None) -> dict:
     """The state of a colour ridge (of ``rank``) fitted on the sections ``model`` was trained on."""
-    ridge = hist2st.nn.ColourRidge(len(model.genes), rank)
-    fit_colour_ridge(ridge, model_sections(model, adata, model.preprocessing["train_libraries"]), False)
-    return ridge.state_dict()
+    return fitted_ridge(model, adata, rank).state_dict()
 
 
 def model_groups(folders) -> dict[tuple[str, ...], list[Path]]:
@@ -164,7 +177,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=45.0, help="training time budget per model")
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    parser.add_argument("--rank", default="full", help="the ridge's rank (colour_ridge_rank): a number, auto or full")
+    parser.add_argument(
+        "--trees",
+        nargs="+",
+        default=["0"],
+        help="the shares of the ridge's forest (colour_ridge_trees) or auto; with several, each with each weight is "
+        "a candidate of the nested choice",
+    )
     args = parser.parse_args()
+    rank = None if args.rank == "full" else args.rank if args.rank == "auto" else int(args.rank)
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     genes = (ROOT / "genes_785.txt").read_text().split()
@@ -173,45 +195,61 @@ def main() -> None:
     if args.train:
         train(adata, genes, sections, args)
         return
+    candidates = [(trees, weight) for trees in args.trees for weight in args.weights]
+
+    def label(candidate: tuple[str, float]) -> str:
+        return f"{candidate[1]:g}" if len(args.trees) == 1 else f"forest {candidate[0]}, w {candidate[1]:g}"
+
     groups = model_groups(args.out)  # models trained on the same sections (seeds) are averaged
-    scores = {}  # (trained on, scored on, weight) -> held_out figures
+    scores = {}  # (trained on, scored on, candidate) -> held_out figures
     for trained_on, paths in groups.items():
         names = "+".join(p.name for p in paths)
-        kept = paths[0].with_name(paths[0].name + ".scores.json" if len(paths) == 1 else f"{names}.scores.json")
-        found = {tuple(k): v for k, v in json.loads(kept.read_text())} if kept.exists() else {}
         rest = [s for s in sections if s not in trained_on]
-        if any((section, weight) not in found for section in rest for weight in args.weights):
-            models = [hist2st.Hist2ST.load(path) for path in paths]
-            ridge_state = fitted_ridge_state(models[0], adata)
+        models = None
+        for trees in args.trees:
+            share = trees if trees == "auto" else float(trees)
+            # the full-rank ridge without a forest keeps the scores' first file name
+            ridge_name = "" if rank is None and share == 0 else f".rank-{args.rank}.trees-{trees}"
+            kept = paths[0].with_name(f"{paths[0].name if len(paths) == 1 else names}.scores{ridge_name}.json")
+            found = {tuple(k): v for k, v in json.loads(kept.read_text())} if kept.exists() else {}
+            if any((section, weight) not in found for section in rest for weight in args.weights):
+                models = models or [hist2st.Hist2ST.load(path) for path in paths]
+                ridge = fitted_ridge(models[0], adata, rank, share)
+                print(f"{names}: ridge of rank {ridge.fitted_rank or 'full'}, forest's share {ridge.fitted_trees:g}")
+                for section in rest:
+                    found.update(
+                        blended_scores(adata, models, ridge.state_dict(), section, args.weights, ridge.fitted_trees)
+                    )
+                kept.write_text(json.dumps([[list(k), v] for k, v in found.items()]))
             for section in rest:
-                found.update(blended_scores(adata, models, ridge_state, section, args.weights))
-            kept.write_text(json.dumps([[list(k), v] for k, v in found.items()]))
-        for section in rest:
-            for weight in args.weights:
-                scores[trained_on, section, weight] = found[section, weight]
-                print(f"{names} on {section}, weight {weight:g}: mean r {found[section, weight]['mean_r']:.4f}")
+                for weight in args.weights:
+                    scores[trained_on, section, (trees, weight)] = found[section, weight]
+                    print(
+                        f"{names} on {section}, {label((trees, weight))}: mean r {found[section, weight]['mean_r']:.4f}"
+                    )
     rows = []
     for test in sections:
         train_on = [s for s in sections if s != test]
         needed = [(tuple(train_on), test)] + [(tuple(sorted(set(train_on) - {v})), v) for v in train_on]
-        if any((*key, w) not in scores for key in needed for w in args.weights):
+        if any((*key, c) not in scores for key in needed for c in candidates):
             print(f"test {test}: skipped, its outer or inner models are not all under --out", flush=True)
             continue
         inner = {
-            w: np.mean([scores[tuple(sorted(set(train_on) - {v})), v, w]["mean_r"] for v in train_on])
-            for w in args.weights
+            c: np.mean([scores[tuple(sorted(set(train_on) - {v})), v, c]["mean_r"] for v in train_on])
+            for c in candidates
         }
         chosen = max(inner, key=inner.get)
-        outer = {w: scores[tuple(train_on), test, w] for w in args.weights}
-        print(f"test {test}: inner r by weight " + ", ".join(f"{w:g} {r:.4f}" for w, r in inner.items()), flush=True)
+        outer = {c: scores[tuple(train_on), test, c] for c in candidates}
+        print(f"test {test}: inner r by " + ", ".join(f"{label(c)} {r:.4f}" for c, r in inner.items()), flush=True)
+        network = [c for c in candidates if c[1] == 0.0]
         rows.append(
             {
                 "test": test,
-                "chosen": chosen,
-                "hist2st": outer[0.0]["mean_r"] if 0.0 in outer else np.nan,
+                "chosen": label(chosen),
+                "hist2st": outer[network[0]]["mean_r"] if network else np.nan,
                 "blended": outer[chosen]["mean_r"],
                 "moran_spearman": outer[chosen]["moran_spearman"],
-                **{f"w={w:g}": outer[w]["mean_r"] for w in args.weights},
+                **{f"w={label(c)}": outer[c]["mean_r"] for c in candidates},
             }
         )
     if not rows:
