@@ -80,7 +80,8 @@ class Hist2ST:
         Genes the model predicts, in order.
     preset
         ``'blend'`` (the default: ``'wide'`` with a ridge on colour and texture features of each patch, of a
-        rank chosen by leave-one-section-out, blended into its predictions), ``'wide'`` (``'fast'`` with a view
+        rank chosen by leave-one-section-out, with a forest on the same features beside it, blended into its
+        predictions with weight 0.75), ``'wide'`` (``'fast'`` with a view
         of four spot diameters around each spot),
         ``'fast'`` (generalises to new sections within minutes on a CPU) or ``'paper'`` (the published network
         and training); see :doc:`/model`.

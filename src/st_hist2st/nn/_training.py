@@ -193,15 +193,21 @@ _WIDE_TRAINING = replace(_FAST_TRAINING, dihedral=True)
 #: Named settings. ``'paper'`` reproduces the published network and training; ``'fast'`` is what generalises to
 #: held-out her2st sections within a CPU budget of minutes; ``'wide'`` is ``'fast'`` seeing four spot diameters
 #: around each spot in random rotations and mirrors; ``'blend'`` (the default) is ``'wide'`` with a ridge on colour
-#: and texture features of each patch, projected onto a few expression programmes (as many as leaving out one
-#: training section at a time favours), blended into its predictions. Nested validation chose ``'wide'`` over
-#: ``'fast'``, the blend's weight and that way of choosing the ridge's rank (see the documentation page on the model).
+#: and texture features of each patch, projected onto a few expression programmes, with a forest of randomised
+#: trees beside it (the programmes, the forest's share and its leaves as leaving out one training section at a time
+#: favours), blended into its predictions. Nested validation chose ``'wide'`` over ``'fast'``, the blend's weight
+#: with its forest, and those ways of choosing the ridge's rank and forest (see the documentation page on the model).
 PRESETS: dict[str, dict] = {
     "paper": {"architecture": {}, "training": Training()},
     "fast": {"architecture": _FAST_ARCHITECTURE, "training": _FAST_TRAINING},
     "wide": {"architecture": _WIDE_ARCHITECTURE, "training": _WIDE_TRAINING},
     "blend": {
-        "architecture": {**_WIDE_ARCHITECTURE, "colour_ridge": 0.5, "colour_ridge_rank": "auto"},
+        "architecture": {
+            **_WIDE_ARCHITECTURE,
+            "colour_ridge": 0.75,
+            "colour_ridge_rank": "auto",
+            "colour_ridge_trees": "auto",
+        },
         "training": _WIDE_TRAINING,
     },
 }

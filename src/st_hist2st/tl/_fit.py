@@ -94,10 +94,12 @@ def fit(
     preset
         ``'blend'`` (the default): ``'wide'`` with a ridge regression on 18 colour and texture features of each
         patch, fitted on the training spots after the network and projected onto the leading principal
-        components of their expression, blended into its predictions with weight 0.5 (``colour_ridge=0.5``,
-        ``colour_ridge_rank='auto'``: the number of components, among 2, 5, 10, 20, 50 and all, that predicts
-        best each training section from the others; 5 with one training section, and 5 on each her2st split);
-        nested validation on her2st chose the weight and this choice of the rank.
+        components of their expression, with a forest of randomised trees on the same features beside it,
+        blended into its predictions with weight 0.75 (``colour_ridge=0.75``; ``colour_ridge_rank='auto'``: the
+        number of components, among 2, 5, 10, 20, 50 and all, that predicts best each training section from the
+        others, 5 with one training section and on each her2st split; ``colour_ridge_trees='auto'``: the
+        forest's share and leaf size chosen the same way, half with leaves of 5 spots with one training
+        section); nested validation on her2st chose the weight with the forest and these choices.
         ``'wide'``: ``'fast'`` with crops of four spot diameters (``field_of_view=4``, resized to
         the same 112 pixels: the spot and the tissue around it, as far as its neighbours) shown in random
         rotations and mirrors (``dihedral=True``); nested validation on her2st chose it over ``'fast'``.
