@@ -328,6 +328,19 @@ def test_colour_ridge_auto_forest_is_the_best_by_leave_one_section_out(rng):
     assert ColourRidge(20, rank=2, trees="auto").fit(x.float(), y, names).fitted_trees < 1
 
 
+def test_colour_ridge_auto_forest_predicts_one_gene(rng):
+    # one gene: one programme, which scikit-learn's forest predicts as a vector, not a column
+    features = rng.normal(size=(180, len(FEATURE_NAMES))).astype(np.float32)
+    x = torch.from_numpy(features)
+    y = torch.from_numpy(np.abs(features[:, :1]) + 0.3 * rng.normal(size=(180, 1)))
+    ridge = ColourRidge(1, rank="auto", trees="auto").fit(x, y, np.repeat(["S0", "S1", "S2"], 60))
+    assert ridge.fitted_trees > 0  # |feature| is not linear: a forest wins
+    with torch.no_grad():
+        predicted = ridge(x)
+    assert predicted.shape == (180, 1)
+    assert np.corrcoef(predicted[:, 0].numpy(), y[:, 0].numpy())[0, 1] > 0.5
+
+
 def test_colour_ridge_auto_forest_from_one_section(rng, caplog):
     x, y, names = sections_of(rng, rng.normal(size=(len(FEATURE_NAMES), 8)), noise=1.0, n_sections=1)
     with caplog.at_level("INFO", logger="st_hist2st"):

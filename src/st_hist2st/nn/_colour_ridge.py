@@ -422,7 +422,7 @@ def choose_forest(
         forests.append(
             {
                 leaf: means
-                + extra_trees(features32[~fold.held], programme_scores, leaf).predict(features32[fold.held])
+                + forest_predictions(extra_trees(features32[~fold.held], programme_scores, leaf), features32[fold.held])
                 @ components
                 for leaf in leaves
             }
@@ -454,7 +454,13 @@ def extra_trees(features: np.ndarray, scores: np.ndarray, leaf: int):
     from sklearn.ensemble import ExtraTreesRegressor
 
     leaf = max(leaf, -(-len(features) // LEAVES_PER_TREE))
-    return ExtraTreesRegressor(N_TREES, min_samples_leaf=leaf, max_features=0.5, random_state=0).fit(features, scores)
+    forest = ExtraTreesRegressor(N_TREES, min_samples_leaf=leaf, max_features=0.5, random_state=0)
+    return forest.fit(features, scores[:, 0] if scores.shape[1] == 1 else scores)  # one programme: one gene
+
+
+def forest_predictions(forest, features: np.ndarray) -> np.ndarray:
+    """The scores ``forest`` predicts for ``features``, ``(n, k)``; scikit-learn's are ``(n,)`` where ``k`` is 1."""
+    return forest.predict(features).reshape(len(features), -1)
 
 
 def programmes(targets: np.ndarray, rank: int | None, components: np.ndarray | None = None) -> np.ndarray:
