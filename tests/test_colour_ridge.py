@@ -15,6 +15,7 @@ from st_hist2st.nn._colour_ridge import (
     AUTO_RANKS,
     FEATURE_NAMES,
     LEAVES_PER_TREE,
+    MAX_FOREST_SPOTS,
     N_TREES,
     SINGLE_SECTION_FOREST,
     SINGLE_SECTION_RANK,
@@ -264,6 +265,32 @@ def test_colour_ridge_forest_stays_small_on_many_spots(rng):
     children = ridge.tree_children
     leaves = (children[..., 0] == torch.arange(children.shape[1])).sum(1)  # padding is a leaf too: an upper bound
     assert len(leaves) == N_TREES and int(leaves.max()) <= 2 * LEAVES_PER_TREE
+
+
+def test_colour_ridge_forest_fits_on_a_sample_of_many_spots_and_once_per_leaf_size(rng, monkeypatch):
+    from st_hist2st.nn import _colour_ridge
+
+    assert MAX_FOREST_SPOTS == 50_000
+    monkeypatch.setattr(_colour_ridge, "MAX_FOREST_SPOTS", 600)  # "many" spots, few enough for a test
+    features = rng.normal(size=(1500, len(FEATURE_NAMES))).astype(np.float32)
+    scores = np.abs(features[:, :2]) + 0.3 * rng.normal(size=(1500, 2))
+    forest = _colour_ridge.extra_trees(features, scores, 1)
+    # no bootstrap: a tree's root holds every spot it was fitted on; leaves hold one in 256 of them or more
+    assert {tree.tree_.n_node_samples[0] for tree in forest.estimators_} == {600}
+    assert forest.min_samples_leaf == 3 == _colour_ridge.spots_per_leaf(1500, 1)
+    assert _colour_ridge.spots_per_leaf(1500, 20) == 20
+
+    # three sections of 2,000 spots: each fold trains on 4,000, sampled to 2,560, so leaves of 5 and of 10 are
+    # both raised to 2,560 / 256 = 10 spots, and one forest serves both
+    monkeypatch.setattr(_colour_ridge, "MAX_FOREST_SPOTS", 2560)
+    fitted_leaves = []
+    fit = _colour_ridge.extra_trees
+    monkeypatch.setattr(_colour_ridge, "extra_trees", lambda *args: fitted_leaves.append(args[2]) or fit(*args))
+    x = torch.from_numpy(rng.normal(size=(6000, len(FEATURE_NAMES))).astype(np.float32))
+    y = torch.from_numpy(np.abs(x[:, :2].numpy()) @ rng.normal(size=(2, 6)) + 0.3 * rng.normal(size=(6000, 6)))
+    ridge = ColourRidge(6, rank=2, trees="auto").fit(x, y, np.repeat(["S0", "S1", "S2"], 2000))
+    assert ridge.fitted_trees > 0  # and the final forest
+    assert sorted(fitted_leaves[:6]) == [5, 5, 5, 20, 20, 20] and len(fitted_leaves) == 7
 
 
 def test_colour_ridge_forest_share_is_checked(tiny):

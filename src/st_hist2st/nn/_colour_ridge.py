@@ -36,6 +36,9 @@ N_TREES = 100
 MIN_SPOTS_PER_LEAF = 10
 #: At most about this many leaves per tree, so that a forest fitted on a large section stays small.
 LEAVES_PER_TREE = 256
+#: Most training spots a forest is fitted on: a sample of them, drawn with a fixed seed, beyond this many. Trees of
+#: at most :data:`LEAVES_PER_TREE` leaves gain little from more, and the fit's time stays bounded on Visium HD.
+MAX_FOREST_SPOTS = 50_000
 _TREE_BUFFERS = ("tree_feature", "tree_threshold", "tree_children", "tree_value", "tree_means", "tree_components")
 #: Forests ``trees='auto'`` chooses among: (share, fewest spots in a leaf), by leave-one-section-out mean r.
 AUTO_FORESTS = ((0.0, MIN_SPOTS_PER_LEAF), *((t, leaf) for t in (0.25, 0.5, 0.75, 1.0) for leaf in (5, 10, 20)))
@@ -97,7 +100,8 @@ class ColourRidge(nn.Module):
     genes), in turn, and the rank of best mean score is kept as :attr:`fitted_rank`.
 
     With ``trees`` above 0, a forest of extremely randomised trees (scikit-learn's ``ExtraTreesRegressor``, 100
-    trees, leaves of at least ``min_spots_per_leaf`` spots) learns the same features' map to
+    trees, leaves of at least ``min_spots_per_leaf`` spots; fitted on a sample of 50,000 spots where there are
+    more) learns the same features' map to
     the scores of the ``rank`` leading programmes (5 where the ridge is of full rank), which need not be linear;
     the prediction is then ``(1 - trees) * ridge + trees * forest``, the forest's scores taken back to the genes
     through the programmes. The forest is kept as tensors and walked in torch, so the module saves, loads and
@@ -411,22 +415,23 @@ def choose_forest(
         )
         return SINGLE_SECTION_FOREST
     leaves = dict.fromkeys(leaf for share, leaf in AUTO_FORESTS if share)
+    fitted: dict[tuple[int, int], np.ndarray] = {}  # (fold, leaf as fitted) -> its forest's predictions
     linear, forests = [], []  # each fold's predictions, which every candidate blends
-    for fold in folds:
+    for k, fold in enumerate(folds):
         y = targets[~fold.held]
         means = y.mean(0)
         components = programmes(y, rank, fold.components)
         weight, bias = reduced_rank(fold.weight, fold.bias, y, rank, components)
         linear.append(fold.standardised @ weight.T + bias)
         programme_scores = (y - means) @ components.T
-        forests.append(
-            {
-                leaf: means
-                + forest_predictions(extra_trees(features32[~fold.held], programme_scores, leaf), features32[fold.held])
-                @ components
-                for leaf in leaves
-            }
-        )
+        forest = {}
+        for leaf in leaves:  # on many spots every leaf size is raised to the same one: one forest serves them
+            key = (k, spots_per_leaf(int((~fold.held).sum()), leaf))
+            if key not in fitted:
+                trees = extra_trees(features32[~fold.held], programme_scores, leaf)
+                fitted[key] = means + forest_predictions(trees, features32[fold.held]) @ components
+            forest[leaf] = fitted[key]
+        forests.append(forest)
 
     def blended(share: float, leaf: int) -> list[np.ndarray]:
         return [
@@ -449,13 +454,25 @@ def choose_forest(
 def extra_trees(features: np.ndarray, scores: np.ndarray, leaf: int):
     """A fitted forest of :data:`N_TREES` extremely randomised trees from ``features`` to ``scores``.
 
-    Its leaves hold at least ``leaf`` spots, or one in :data:`LEAVES_PER_TREE` of them where that is more.
+    Beyond :data:`MAX_FOREST_SPOTS` spots, it is fitted on a sample of that many. Its leaves hold at least
+    ``leaf`` of the spots it is fitted on, or one in :data:`LEAVES_PER_TREE` of them where that is more
+    (:func:`spots_per_leaf`).
     """
     from sklearn.ensemble import ExtraTreesRegressor
 
-    leaf = max(leaf, -(-len(features) // LEAVES_PER_TREE))
-    forest = ExtraTreesRegressor(N_TREES, min_samples_leaf=leaf, max_features=0.5, random_state=0)
+    if len(features) > MAX_FOREST_SPOTS:
+        sample = np.sort(np.random.default_rng(0).choice(len(features), MAX_FOREST_SPOTS, replace=False))
+        features, scores = features[sample], scores[sample]
+    forest = ExtraTreesRegressor(
+        N_TREES, min_samples_leaf=spots_per_leaf(len(features), leaf), max_features=0.5, random_state=0
+    )
     return forest.fit(features, scores[:, 0] if scores.shape[1] == 1 else scores)  # one programme: one gene
+
+
+def spots_per_leaf(n_spots: int, leaf: int) -> int:
+    """The fewest spots in a leaf of a forest asked for ``leaf`` on ``n_spots`` training spots (:func:`extra_trees`)."""
+    n_spots = min(n_spots, MAX_FOREST_SPOTS)
+    return max(leaf, -(-n_spots // LEAVES_PER_TREE))
 
 
 def forest_predictions(forest, features: np.ndarray) -> np.ndarray:
