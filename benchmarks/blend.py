@@ -249,7 +249,7 @@ def main() -> None:
                 "hist2st": outer[network[0]]["mean_r"] if network else np.nan,
                 "blended": outer[chosen]["mean_r"],
                 "moran_spearman": outer[chosen]["moran_spearman"],
-                **{f"w={label(c)}": outer[c]["mean_r"] for c in candidates},
+                **{label(c) if len(args.trees) > 1 else f"w={label(c)}": outer[c]["mean_r"] for c in candidates},
             }
         )
     if not rows:

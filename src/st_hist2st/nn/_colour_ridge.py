@@ -415,23 +415,22 @@ def choose_forest(
         )
         return SINGLE_SECTION_FOREST
     leaves = dict.fromkeys(leaf for share, leaf in AUTO_FORESTS if share)
-    fitted: dict[tuple[int, int], np.ndarray] = {}  # (fold, leaf as fitted) -> its forest's predictions
     linear, forests = [], []  # each fold's predictions, which every candidate blends
-    for k, fold in enumerate(folds):
+    for fold in folds:
         y = targets[~fold.held]
         means = y.mean(0)
         components = programmes(y, rank, fold.components)
         weight, bias = reduced_rank(fold.weight, fold.bias, y, rank, components)
         linear.append(fold.standardised @ weight.T + bias)
         programme_scores = (y - means) @ components.T
-        forest = {}
-        for leaf in leaves:  # on many spots every leaf size is raised to the same one: one forest serves them
-            key = (k, spots_per_leaf(int((~fold.held).sum()), leaf))
-            if key not in fitted:
+        # on many spots the leaf sizes are raised to the same one, and one forest serves them
+        size_of = {leaf: spots_per_leaf(len(y), leaf) for leaf in leaves}
+        by_size = {}
+        for leaf, size in size_of.items():
+            if size not in by_size:
                 trees = extra_trees(features32[~fold.held], programme_scores, leaf)
-                fitted[key] = means + forest_predictions(trees, features32[fold.held]) @ components
-            forest[leaf] = fitted[key]
-        forests.append(forest)
+                by_size[size] = means + forest_predictions(trees, features32[fold.held]) @ components
+        forests.append({leaf: by_size[size] for leaf, size in size_of.items()})
 
     def blended(share: float, leaf: int) -> list[np.ndarray]:
         return [
@@ -466,7 +465,7 @@ def extra_trees(features: np.ndarray, scores: np.ndarray, leaf: int):
     forest = ExtraTreesRegressor(
         N_TREES, min_samples_leaf=spots_per_leaf(len(features), leaf), max_features=0.5, random_state=0
     )
-    return forest.fit(features, scores[:, 0] if scores.shape[1] == 1 else scores)  # one programme: one gene
+    return forest.fit(features, scores[:, 0] if scores.shape[1] == 1 else scores)  # one output: a vector
 
 
 def spots_per_leaf(n_spots: int, leaf: int) -> int:
