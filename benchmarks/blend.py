@@ -129,11 +129,6 @@ def fitted_ridge(model: hist2st.Hist2ST, adata, rank: int | str | None = None, t
     return ridge
 
 
-def fitted_ridge_state(model: hist2st.Hist2ST, adata, rank: int | None = None) -> dict:
-    """The state of a colour ridge (of ``rank``) fitted on the sections ``model`` was trained on."""
-    return fitted_ridge(model, adata, rank).state_dict()
-
-
 def model_groups(folders) -> dict[tuple[str, ...], list[Path]]:
     """The saved models under ``folders``, grouped by the sections they were trained on (seeds of one split)."""
     groups: dict[tuple[str, ...], list[Path]] = {}
@@ -144,24 +139,28 @@ def model_groups(folders) -> dict[tuple[str, ...], list[Path]]:
     return groups
 
 
-def blended_scores(
-    adata, models, ridge_state, section, weights, trees: float = 0.0
-) -> dict[tuple[str, float], dict[str, float]]:
-    """Mean r and Moran's I Spearman on ``section`` of ``(1 - w)`` times the models' averaged network plus ``w``
-    times the ridge (with ``trees``, the share of its forest), for each ``w`` of ``weights``: two passes of
-    :func:`st_hist2st.tl.predict` (weights 0 and 1), blended as a model with ``colour_ridge=w`` blends them."""
+def network_prediction(adata, models, section: str):
+    """``section`` of ``adata`` with the models' averaged network (no colour ridge) in ``layers['network']``, as
+    :func:`st_hist2st.tl.predict` averages a list of models."""
     held = adata[adata.obs["library_id"] == section].copy()
-    genes = models[0].genes
-    network = [with_colour_ridge(model, ridge_state, 0.0) for model in models]
+    network = [with_colour_ridge(model, {}, 0.0) for model in models]
     hist2st.tl.predict(held, network, key_added="network", show_progress_bar=False)
+    return held
+
+
+def blended_scores(held, model, ridge_state, weights, trees: float = 0.0) -> dict[tuple[str, float], dict[str, float]]:
+    """Mean r and Moran's I Spearman on ``held`` (a :func:`network_prediction`) of ``(1 - w)`` times its network
+    plus ``w`` times the ridge (with ``trees``, the share of its forest) on ``model``'s genes, for each ``w`` of
+    ``weights``, blended as a model with ``colour_ridge=w`` blends them."""
+    section = held.obs["library_id"].iloc[0]
     hist2st.tl.predict(
-        held, [with_colour_ridge(models[0], ridge_state, 1.0, trees)], key_added="ridge", show_progress_bar=False
+        held, [with_colour_ridge(model, ridge_state, 1.0, trees)], key_added="ridge", show_progress_bar=False
     )
     out = {}
     for weight in weights:
         held.layers["hist2st"] = (1 - weight) * held.layers["network"] + weight * held.layers["ridge"]
         held.uns["hist2st"] = held.uns["network"]
-        hist2st.tl.evaluate(held, genes=genes, copy=False)
+        hist2st.tl.evaluate(held, genes=model.genes, copy=False)
         summary = held.uns["hist2st_pearson"]
         out[section, weight] = {k: v for k, v in summary.items() if k in ("mean_r", "moran_spearman")}
     return out
@@ -205,7 +204,7 @@ def main() -> None:
     for trained_on, paths in groups.items():
         names = "+".join(p.name for p in paths)
         rest = [s for s in sections if s not in trained_on]
-        models = None
+        models, network = None, {}  # the network's pass on each section, shared by every ridge
         for trees in args.trees:
             share = trees if trees == "auto" else float(trees)
             # the full-rank ridge without a forest keeps the scores' first file name
@@ -217,8 +216,12 @@ def main() -> None:
                 ridge = fitted_ridge(models[0], adata, rank, share)
                 print(f"{names}: ridge of rank {ridge.fitted_rank or 'full'}, forest's share {ridge.fitted_trees:g}")
                 for section in rest:
+                    if section not in network:
+                        network[section] = network_prediction(adata, models, section)
                     found.update(
-                        blended_scores(adata, models, ridge.state_dict(), section, args.weights, ridge.fitted_trees)
+                        blended_scores(
+                            network[section], models[0], ridge.state_dict(), args.weights, ridge.fitted_trees
+                        )
                     )
                 kept.write_text(json.dumps([[list(k), v] for k, v in found.items()]))
             for section in rest:

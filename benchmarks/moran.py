@@ -23,7 +23,7 @@ import argparse
 import warnings
 
 import numpy as np
-from blend import fitted_ridge_state, with_colour_ridge
+from blend import fitted_ridge, with_colour_ridge
 from her2st import ROOT
 
 import st_hist2st as hist2st
@@ -51,7 +51,9 @@ def main() -> None:
     held = adata[adata.obs["library_id"] == args.section].copy()
     model = hist2st.Hist2ST.load(args.model)
     if args.colour_ridge is not None:
-        model = with_colour_ridge(model, fitted_ridge_state(model, adata, args.colour_ridge_rank), args.colour_ridge)
+        model = with_colour_ridge(
+            model, fitted_ridge(model, adata, args.colour_ridge_rank).state_dict(), args.colour_ridge
+        )
     zinb = model.training.zinb > 0
     result = model.predict(held, return_zinb=zinb, show_progress_bar=False)
     pred, params = result if zinb else (result, None)
