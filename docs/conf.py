@@ -29,7 +29,7 @@ napoleon_use_rtype = True
 napoleon_custom_sections = [("Shapes", "notes_style")]
 typehints_defaults = "comma"
 always_use_bars_union = True
-myst_enable_extensions = ["colon_fence", "dollarmath"]
+myst_enable_extensions = ["colon_fence", "deflist", "dollarmath"]
 nb_execution_mode = "cache"
 nb_execution_timeout = 900
 nb_execution_raise_on_error = True
@@ -43,7 +43,7 @@ source_suffix = {
 
 html_theme = "sphinx_book_theme"
 html_title = "st-hist2st"
-html_theme_options = {"repository_url": "https://github.com/scverse/st-hist2st", "use_repository_button": False}
+
 
 # Offline builds: no intersphinx, so references to other packages' objects are not resolved.
 nitpicky = True
