@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from blend import fitted_ridge, her2st_and_saved_models, with_colour_ridge
+from blend import fitted_ridge, her2st_and_saved_models, network_prediction, with_colour_ridge
 from her2st import PAPER_CROP, colour_texture_features, mean_r, targets
 
 import st_hist2st as hist2st
@@ -51,11 +51,8 @@ def network_and_ridge(adata, paths, section: str) -> tuple[np.ndarray, np.ndarra
     """The models' averaged network prediction of ``section`` and the colour ridge of the first, fitted on the
     sections it was trained on, as :func:`st_hist2st.tl.predict` gives them (genes in the models' order)."""
     models = [hist2st.Hist2ST.load(p) for p in paths]
+    held = network_prediction(adata, models, section)
     state = fitted_ridge(models[0], adata).state_dict()
-    held = adata[adata.obs["library_id"] == section].copy()
-    hist2st.tl.predict(
-        held, [with_colour_ridge(m, state, 0.0) for m in models], key_added="network", show_progress_bar=False
-    )
     hist2st.tl.predict(held, [with_colour_ridge(models[0], state, 1.0)], key_added="ridge", show_progress_bar=False)
     genes = models[0].genes
     return np.asarray(held[:, genes].layers["network"], np.float64), np.asarray(

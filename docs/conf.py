@@ -44,7 +44,6 @@ source_suffix = {
 html_theme = "sphinx_book_theme"
 html_title = "st-hist2st"
 
-
 # Offline builds: no intersphinx, so references to other packages' objects are not resolved.
 nitpicky = True
 nitpick_ignore_regex = [
