@@ -15,7 +15,7 @@ from st_hist2st.nn._colour_ridge import (
     AUTO_RANKS,
     FEATURE_NAMES,
     LEAVES_PER_TREE,
-    MAX_FOREST_SPOTS,
+    MAX_COLOUR_SPOTS,
     N_TREES,
     SINGLE_SECTION_FOREST,
     SINGLE_SECTION_RANK,
@@ -267,22 +267,34 @@ def test_colour_ridge_forest_stays_small_on_many_spots(rng):
     assert len(leaves) == N_TREES and int(leaves.max()) <= 2 * LEAVES_PER_TREE
 
 
-def test_colour_ridge_forest_fits_on_a_sample_of_many_spots_and_once_per_leaf_size(rng, monkeypatch):
+def test_colour_model_is_fitted_on_a_sample_of_many_spots(rng, monkeypatch):
     from st_hist2st.nn import _colour_ridge
 
-    assert MAX_FOREST_SPOTS == 50_000
-    monkeypatch.setattr(_colour_ridge, "MAX_FOREST_SPOTS", 600)  # "many" spots, few enough for a test
-    features = rng.normal(size=(1500, len(FEATURE_NAMES))).astype(np.float32)
-    scores = np.abs(features[:, :2]) + 0.3 * rng.normal(size=(1500, 2))
-    forest = _colour_ridge.extra_trees(features, scores, 1)
-    # no bootstrap: a tree's root holds every spot it was fitted on; leaves hold one in 256 of them or more
-    assert {tree.tree_.n_node_samples[0] for tree in forest.estimators_} == {600}
-    assert forest.min_samples_leaf == 3 == _colour_ridge.spots_per_leaf(1500, 1)
-    assert _colour_ridge.spots_per_leaf(1500, 20) == 20
+    assert MAX_COLOUR_SPOTS == 50_000
+    monkeypatch.setattr(_colour_ridge, "MAX_COLOUR_SPOTS", 600)  # "many" spots, few enough for a test
+    x = torch.from_numpy(rng.normal(size=(1500, len(FEATURE_NAMES))).astype(np.float32))
+    y = torch.from_numpy(np.abs(x[:, :2].numpy()) @ rng.normal(size=(2, 6)) + 0.3 * rng.normal(size=(1500, 6)))
+    sections = np.repeat(["S0", "S1", "S2"], 500)
+    sample = _colour_ridge.fitting_sample(1500)
+    assert len(sample) == 600 == len(np.unique(sample)) and np.all(np.diff(sample) > 0)
+    np.testing.assert_array_equal(sample, _colour_ridge.fitting_sample(1500))  # the same sample every time
+    assert _colour_ridge.fitting_sample(600) is None
 
-    # three sections of 2,000 spots: each fold trains on 4,000, sampled to 2,560, so leaves of 5 and of 10 are
-    # both raised to 2,560 / 256 = 10 spots, and one forest serves both
-    monkeypatch.setattr(_colour_ridge, "MAX_FOREST_SPOTS", 2560)
+    fitted = ColourRidge(6, rank="auto", trees="auto").fit(x, y, sections)
+    on_sample = ColourRidge(6, rank="auto", trees="auto").fit(x[sample], y[sample], sections[sample])
+    for name, value in fitted.state_dict().items():
+        torch.testing.assert_close(value, on_sample.state_dict()[name], rtol=0, atol=0, msg=name)
+    # the sample is what is fitted: every spot gives another ridge
+    monkeypatch.setattr(_colour_ridge, "MAX_COLOUR_SPOTS", 1500)
+    on_all = ColourRidge(6, rank=2, trees=0.5).fit(x, y, sections)
+    assert not torch.equal(on_all.weight, ColourRidge(6, rank=2, trees=0.5).fit(x[sample], y[sample]).weight)
+
+
+def test_colour_ridge_forest_is_fitted_once_per_leaf_size(rng, monkeypatch):
+    from st_hist2st.nn import _colour_ridge
+
+    # three sections of 2,000 spots: each fold trains on 4,000, so leaves of 5 and of 10 are both raised to
+    # 4,000 / 256 = 16 spots, and one forest serves both
     fitted_leaves = []
     fit = _colour_ridge.extra_trees
     monkeypatch.setattr(_colour_ridge, "extra_trees", lambda *args: fitted_leaves.append(args[2]) or fit(*args))
@@ -291,6 +303,30 @@ def test_colour_ridge_forest_fits_on_a_sample_of_many_spots_and_once_per_leaf_si
     ridge = ColourRidge(6, rank=2, trees="auto").fit(x, y, np.repeat(["S0", "S1", "S2"], 2000))
     assert ridge.fitted_trees > 0  # and the final forest
     assert sorted(fitted_leaves[:6]) == [5, 5, 5, 20, 20, 20] and len(fitted_leaves) == 7
+    assert _colour_ridge.spots_per_leaf(4000, 5) == 16 and _colour_ridge.spots_per_leaf(4000, 20) == 20
+
+
+def test_tl_fit_reads_only_the_sampled_spots_for_the_colour_model(adata, monkeypatch):
+    from st_hist2st._data._section import Section, prepare_sections
+    from st_hist2st._model import fit_colour_ridge
+    from st_hist2st.nn import _colour_ridge
+
+    sections = prepare_sections(adata, "hires", genes=list(adata.var_names), show_progress_bar=False)
+    features = torch.cat([patch_features(s.patches_of(np.arange(s.n_spots))) for s in sections])
+    targets = torch.cat([s.targets for s in sections])
+    names = np.repeat([s.library_id for s in sections], [s.n_spots for s in sections])
+    assert len(set(names)) == 2 and len(names) == adata.n_obs
+
+    monkeypatch.setattr(_colour_ridge, "MAX_COLOUR_SPOTS", 50)
+    read = []
+    patches_of = Section.patches_of
+    monkeypatch.setattr(Section, "patches_of", lambda self, index: read.append(len(index)) or patches_of(self, index))
+    ridge = ColourRidge(adata.n_vars, rank="auto", trees=0.5)
+    fit_colour_ridge(ridge, sections, show_progress_bar=False)
+    assert sum(read) == 50
+    expected = ColourRidge(adata.n_vars, rank="auto", trees=0.5).fit(features, targets, names)
+    for name, value in ridge.state_dict().items():
+        torch.testing.assert_close(value, expected.state_dict()[name], msg=name)
 
 
 def test_colour_ridge_forest_share_is_checked(tiny):

@@ -61,7 +61,7 @@ from st_hist2st._utils import (
     get_libraries,
     warn_emulated_bfloat16,
 )
-from st_hist2st.nn._colour_ridge import ColourRidge, patch_features
+from st_hist2st.nn._colour_ridge import ColourRidge, fitting_sample, patch_features
 from st_hist2st.nn._module import Architecture, Hist2STModule
 from st_hist2st.nn._numerics import flush_denormals
 from st_hist2st.nn._plan import Hist2STPlan, check_step_in_backward
@@ -635,19 +635,27 @@ def log_training_windows(sections: Sequence[Section], max_spots: int | None) -> 
 def fit_colour_ridge(ridge: ColourRidge, sections: Sequence[Section], show_progress_bar: bool = True) -> None:
     """Fit ``ridge`` on the patch features and targets of every spot of the training ``sections``.
 
-    A ridge of ``rank='auto'`` chooses its rank by leaving out one of the sections at a time.
+    Beyond 50,000 spots, only the sample the ridge is fitted on is read (the same one,
+    ``fitting_sample``). A ridge of ``rank='auto'`` chooses its rank by leaving
+    out one of the sections at a time.
     """
+    sizes = [s.n_spots for s in sections]
+    sample = fitting_sample(sum(sizes))
+    starts = np.cumsum([0, *sizes])
+    spots = [
+        np.arange(size) if sample is None else sample[(sample >= start) & (sample < start + size)] - start
+        for start, size in zip(starts[:-1], sizes, strict=True)
+    ]
     features = []
-    with tqdm(
-        total=sum(s.n_spots for s in sections), desc="colour ridge", unit="spot", disable=not show_progress_bar
-    ) as progress:
-        for section in sections:
-            for part in np.array_split(np.arange(section.n_spots), max(1, -(-section.n_spots // 1024))):
+    with tqdm(total=sum(map(len, spots)), desc="colour ridge", unit="spot", disable=not show_progress_bar) as progress:
+        for section, chosen in zip(sections, spots, strict=True):
+            for part in np.array_split(chosen, -(-len(chosen) // 1024)) if len(chosen) else []:
                 features.append(patch_features(section.patches_of(part)))
                 progress.update(len(part))
     features = torch.cat(features)
-    names = np.repeat([str(s.library_id) for s in sections], [s.n_spots for s in sections])
-    ridge.fit(features, torch.cat([s.targets for s in sections]), names)
+    targets = torch.cat([s.targets[torch.from_numpy(chosen)] for s, chosen in zip(sections, spots, strict=True)])
+    names = np.repeat([str(s.library_id) for s in sections], list(map(len, spots)))
+    ridge.fit(features, targets, names)
     logger.info(
         "fitted the colour ridge on %d spots (penalty %g, rank %s, forest's share %g)",
         len(features),

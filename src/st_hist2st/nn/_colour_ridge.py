@@ -36,9 +36,11 @@ N_TREES = 100
 MIN_SPOTS_PER_LEAF = 10
 #: At most about this many leaves per tree, so that a forest fitted on a large section stays small.
 LEAVES_PER_TREE = 256
-#: Most training spots a forest is fitted on: a sample of them, drawn with a fixed seed, beyond this many. Trees of
-#: at most :data:`LEAVES_PER_TREE` leaves gain little from more, and the fit's time stays bounded on Visium HD.
-MAX_FOREST_SPOTS = 50_000
+#: Most training spots the colour model is fitted on: a sample of them, drawn with a fixed seed, beyond this many
+#: (:func:`fitting_sample`). A ridge on 18 features and trees of at most :data:`LEAVES_PER_TREE` leaves gain little
+#: from more, and the fit's time and memory (it holds the targets in float64 several times over while it chooses
+#: rank and forest) stay bounded on Visium HD and on many sections.
+MAX_COLOUR_SPOTS = 50_000
 _TREE_BUFFERS = ("tree_feature", "tree_threshold", "tree_children", "tree_value", "tree_means", "tree_components")
 #: Forests ``trees='auto'`` chooses among: (share, fewest spots in a leaf), by leave-one-section-out mean r.
 AUTO_FORESTS = ((0.0, MIN_SPOTS_PER_LEAF), *((t, leaf) for t in (0.25, 0.5, 0.75, 1.0) for leaf in (5, 10, 20)))
@@ -86,8 +88,9 @@ def patch_features(patches: torch.Tensor) -> torch.Tensor:
 class ColourRidge(nn.Module):
     r"""Ridge regression from :func:`~st_hist2st.nn.patch_features` to the transformed expression of every gene.
 
-    Fitted in closed form on the training spots after the network (:meth:`fit`), on features standardised over
-    those spots, with the penalty of least leave-one-spot-out error among 13 from 0.01 to 10,000 (scikit-learn's
+    Fitted in closed form on the training spots after the network (:meth:`fit`; on a sample of 50,000 of them,
+    drawn with a fixed seed, where there are more), on features standardised over those spots, with the penalty
+    of least leave-one-spot-out error among 13 from 0.01 to 10,000 (scikit-learn's
     ``RidgeCV``). Until then :attr:`is_fitted` is false. :class:`~st_hist2st.nn.Hist2STModule` holds one where
     ``Architecture.colour_ridge`` is above 0.
 
@@ -100,8 +103,7 @@ class ColourRidge(nn.Module):
     genes), in turn, and the rank of best mean score is kept as :attr:`fitted_rank`.
 
     With ``trees`` above 0, a forest of extremely randomised trees (scikit-learn's ``ExtraTreesRegressor``, 100
-    trees, leaves of at least ``min_spots_per_leaf`` spots; fitted on a sample of 50,000 spots where there are
-    more) learns the same features' map to
+    trees, leaves of at least ``min_spots_per_leaf`` spots) learns the same features' map to
     the scores of the ``rank`` leading programmes (5 where the ridge is of full rank), which need not be linear;
     the prediction is then ``(1 - trees) * ridge + trees * forest``, the forest's scores taken back to the genes
     through the programmes. The forest is kept as tensors and walked in torch, so the module saves, loads and
@@ -186,12 +188,20 @@ class ColourRidge(nn.Module):
         leave-one-section-out, and take rank 5 and half of a forest of leaves of 5 spots (the choices on her2st)
         where there is one section (or none given).
         """
+        if len(features) < 2:
+            raise ValueError(f"The colour ridge needs at least 2 training spots, got {len(features)}.")
+        if sections is not None and len(sections) != len(features):
+            raise ValueError(f"`sections` names {len(sections)} spots, the features {len(features)}.")
+        sample = fitting_sample(len(features))
+        if sample is not None:
+            logger.info(
+                "fitting the colour model on a sample of %d of the %d training spots", len(sample), len(features)
+            )
+            index = torch.from_numpy(sample)
+            features, targets = features[index.to(features.device)], targets[index.to(targets.device)]
+            sections = None if sections is None else np.asarray(sections)[sample]
         x = features.double().cpu().numpy()
         y = targets.double().cpu().numpy()
-        if len(x) < 2:
-            raise ValueError(f"The colour ridge needs at least 2 training spots, got {len(x)}.")
-        if sections is not None and len(sections) != len(x):
-            raise ValueError(f"`sections` names {len(sections)} spots, the features {len(x)}.")
         # the ridges fitted leaving out one section at a time serve both choices
         folds = section_folds(x, y, sections) if "auto" in (self.rank, self.trees) else []
         if self.rank == "auto":
@@ -450,18 +460,24 @@ def choose_forest(
     return share, leaf
 
 
+def fitting_sample(n_spots: int) -> np.ndarray | None:
+    """The training spots, of ``n_spots``, that the colour model is fitted on: sorted indices, or ``None`` for all.
+
+    All where there are at most :data:`MAX_COLOUR_SPOTS`; else that many, drawn with a fixed seed.
+    """
+    if n_spots <= MAX_COLOUR_SPOTS:
+        return None
+    return np.sort(np.random.default_rng(0).choice(n_spots, MAX_COLOUR_SPOTS, replace=False))
+
+
 def extra_trees(features: np.ndarray, scores: np.ndarray, leaf: int):
     """A fitted forest of :data:`N_TREES` extremely randomised trees from ``features`` to ``scores``.
 
-    Beyond :data:`MAX_FOREST_SPOTS` spots, it is fitted on a sample of that many. Its leaves hold at least
-    ``leaf`` of the spots it is fitted on, or one in :data:`LEAVES_PER_TREE` of them where that is more
+    Its leaves hold at least ``leaf`` of the spots, or one in :data:`LEAVES_PER_TREE` of them where that is more
     (:func:`spots_per_leaf`).
     """
     from sklearn.ensemble import ExtraTreesRegressor
 
-    if len(features) > MAX_FOREST_SPOTS:
-        sample = np.sort(np.random.default_rng(0).choice(len(features), MAX_FOREST_SPOTS, replace=False))
-        features, scores = features[sample], scores[sample]
     forest = ExtraTreesRegressor(
         N_TREES, min_samples_leaf=spots_per_leaf(len(features), leaf), max_features=0.5, random_state=0
     )
@@ -470,7 +486,6 @@ def extra_trees(features: np.ndarray, scores: np.ndarray, leaf: int):
 
 def spots_per_leaf(n_spots: int, leaf: int) -> int:
     """The fewest spots in a leaf of a forest asked for ``leaf`` on ``n_spots`` training spots (:func:`extra_trees`)."""
-    n_spots = min(n_spots, MAX_FOREST_SPOTS)
     return max(leaf, -(-n_spots // LEAVES_PER_TREE))
 
 
