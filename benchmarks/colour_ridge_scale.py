@@ -1,16 +1,21 @@
-"""Time of the colour ridge's fit and prediction, with ``colour_ridge_rank='auto'`` and ``colour_ridge_trees='auto'``
-as ``'blend'`` fits it, on many spots (Visium HD bins, cells pooled into spots).
+"""Time and memory of the colour ridge's fit and prediction, with ``colour_ridge_rank='auto'`` and
+``colour_ridge_trees='auto'`` as ``'blend'`` fits it, on many spots (Visium HD bins, cells pooled into spots).
 
-Synthetic features of three training sections, with 50 genes driven by programmes that are not linear in them;
-the seconds of :meth:`~st_hist2st.nn.ColourRidge.fit` (the choices of rank and forest included, the patches'
-features not) and of predicting every training spot. Run with ``OMP_NUM_THREADS=1`` for one core.
+Synthetic features of three training sections, with ``--genes`` genes driven by programmes that are not linear
+in them; the seconds of :meth:`~st_hist2st.nn.ColourRidge.fit` (the choices of rank and forest included, the
+patches' features not), the peak memory it added to the process's (resident, over the inputs already held), and
+the seconds of predicting every training spot. Each size runs in a fresh process, so that one's peak does not hide
+the next's. Run with ``OMP_NUM_THREADS=1`` for one core.
 
     OMP_NUM_THREADS=1 python benchmarks/colour_ridge_scale.py 30000 150000 1000000
+    OMP_NUM_THREADS=1 python benchmarks/colour_ridge_scale.py 150000 1000000 --genes 785
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import resource
 import time
 
 import numpy as np
@@ -20,27 +25,43 @@ from st_hist2st.nn import ColourRidge
 from st_hist2st.nn._colour_ridge import FEATURE_NAMES
 
 
+def peak_gb() -> float:
+    """The process's peak resident memory so far, in GB (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def one_size(n: int, genes: int) -> str:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, len(FEATURE_NAMES))).astype(np.float32)
+    y = np.empty((n, genes), dtype=np.float32)
+    loadings = rng.normal(size=(5, genes))
+    for part in np.array_split(np.arange(n), -(-n // 65536)):  # built in parts: only the float32 targets are held
+        y[part] = np.abs(x[part, :5]) @ loadings + rng.normal(size=(len(part), genes))
+    sections = np.repeat(["S0", "S1", "S2"], -(-n // 3))[:n]
+    before = peak_gb()
+    t0 = time.perf_counter()
+    ridge = ColourRidge(genes, "auto", "auto").fit(torch.from_numpy(x), torch.from_numpy(y), sections)
+    fit = time.perf_counter() - t0
+    added = peak_gb() - before
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        ridge(torch.from_numpy(x))
+    return (
+        f"{n:,} spots x {genes} genes (targets {y.nbytes / 1e9:.2f} GB): fit {fit:.1f} s, peak memory +{added:.2f} "
+        f"GB (rank {ridge.fitted_rank}, forest's share {ridge.fitted_trees:g}, leaves of {ridge.fitted_leaf}), "
+        f"prediction {time.perf_counter() - t0:.1f} s"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spots", type=int, nargs="+", help="numbers of training spots, over three sections")
     parser.add_argument("--genes", type=int, default=50)
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
+    context = multiprocessing.get_context("spawn")
     for n in args.spots:
-        x = rng.normal(size=(n, len(FEATURE_NAMES))).astype(np.float32)
-        y = np.abs(x[:, :5]) @ rng.normal(size=(5, args.genes)) + rng.normal(size=(n, args.genes))
-        sections = np.repeat(["S0", "S1", "S2"], -(-n // 3))[:n]
-        t0 = time.perf_counter()
-        ridge = ColourRidge(args.genes, "auto", "auto").fit(torch.from_numpy(x), torch.from_numpy(y), sections)
-        fit = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            ridge(torch.from_numpy(x))
-        print(
-            f"{n:,} spots: fit {fit:.1f} s (rank {ridge.fitted_rank}, forest's share {ridge.fitted_trees:g}, "
-            f"leaves of {ridge.fitted_leaf}), prediction {time.perf_counter() - t0:.1f} s",
-            flush=True,
-        )
+        with context.Pool(1) as pool:
+            print(pool.apply(one_size, (n, args.genes)), flush=True)
 
 
 if __name__ == "__main__":
