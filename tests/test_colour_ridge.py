@@ -131,7 +131,9 @@ def test_colour_ridge_auto_rank_from_one_section_and_bad_sections(rng, caplog):
         ColourRidge(8, rank="auto").fit(x, y, names[:2])
 
 
-def test_colour_ridge_is_blended_into_the_predictions_and_leaves_the_network_as_it_trains(adata, tiny, tmp_path):
+def test_colour_ridge_is_blended_into_the_predictions_and_leaves_the_network_as_it_trains(
+    adata, tiny, tmp_path, monkeypatch
+):
     common = {"preset": "wide", "max_epochs": 2, "show_progress_bar": False, "validation_libraries": ["S1"], **tiny}
     alone = hist2st.tl.fit(adata, "hires", **common)
     blended = hist2st.tl.fit(adata, "hires", colour_ridge=0.25, **common)
@@ -159,6 +161,14 @@ def test_colour_ridge_is_blended_into_the_predictions_and_leaves_the_network_as_
         net = alone.predict(adata, show_progress_bar=False, **options)
         got = blended.predict(adata, show_progress_bar=False, **options)
         np.testing.assert_allclose(got, 0.75 * net + 0.25 * colour, rtol=1e-4, atol=1e-5)
+    # ... also where a section is blended a few spots at a time, as a large one is
+    from st_hist2st import _inference
+
+    monkeypatch.setattr(_inference, "SPOT_CHUNK", 7)
+    got = blended.predict(adata, show_progress_bar=False)
+    np.testing.assert_allclose(
+        got, 0.75 * alone.predict(adata, show_progress_bar=False) + 0.25 * colour, rtol=1e-4, atol=1e-5
+    )
     card = (blended.save_pretrained(tmp_path / "card") / "README.md").read_text()
     assert "| colour ridge | weight 0.25 in the predictions" in card
     assert "colour ridge" not in (alone.save_pretrained(tmp_path / "alone") / "README.md").read_text()
@@ -216,8 +226,10 @@ def test_colour_ridge_auto_rank_is_chosen_over_the_training_sections_and_kept(ad
     )
 
 
-def test_colour_ridge_forest_is_scikit_learns_extra_trees_walked_in_torch(rng):
+def test_colour_ridge_forest_is_scikit_learns_extra_trees_walked_in_torch(rng, monkeypatch):
     from sklearn.ensemble import ExtraTreesRegressor
+
+    from st_hist2st.nn import _colour_ridge
 
     # whole numbers, so that many spots lie exactly on a split's threshold rounded to float32
     features = torch.from_numpy(rng.integers(0, 6, size=(300, len(FEATURE_NAMES))).astype(np.float32) * 0.1)
@@ -236,6 +248,9 @@ def test_colour_ridge_forest_is_scikit_learns_extra_trees_walked_in_torch(rng):
             got = ridge(x).numpy()
             blended = 0.75 * linear(x).numpy() + 0.25 * (y.mean(0) + expected @ components)
         np.testing.assert_allclose(got, blended, rtol=1e-4, atol=1e-4)
+        with monkeypatch.context() as patched, torch.no_grad():
+            patched.setattr(_colour_ridge, "SPOT_CHUNK", 7)  # many spots are predicted a chunk at a time
+            np.testing.assert_allclose(ridge(x).numpy(), got, rtol=1e-6, atol=1e-6)
     # the forest is a fitted model's state: loaded into a fresh ridge it predicts the same
     fresh = ColourRidge(12, rank=3, trees=0.25)
     fresh.load_state_dict(ridge.state_dict())

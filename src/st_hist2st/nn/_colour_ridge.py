@@ -46,8 +46,9 @@ _TREE_BUFFERS = ("tree_feature", "tree_threshold", "tree_children", "tree_value"
 AUTO_FORESTS = ((0.0, MIN_SPOTS_PER_LEAF), *((t, leaf) for t in (0.25, 0.5, 0.75, 1.0) for leaf in (5, 10, 20)))
 #: The forest of ``trees='auto'`` where the training spots come from one section: the choice on most her2st splits.
 SINGLE_SECTION_FOREST = (0.5, 5)
-#: Spots whose trees are walked at once (the walk holds a few integers per spot and tree).
-_TREE_CHUNK = 16384
+#: Spots predicted at once: the walk through the trees holds a few integers per spot and tree, the blend a few
+#: values per spot and gene, so a large section's prediction holds little beside its output.
+SPOT_CHUNK = 16384
 
 logger = logging.getLogger(__name__)
 
@@ -234,12 +235,21 @@ class ColourRidge(nn.Module):
             self._buffers[name] = (tensor.float() if tensor.is_floating_point() else tensor).to(self.alpha.device)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        linear = F.linear((features.float() - self.mean) / self.scale, self.weight, self.bias)
+        features = features.float()
+        if len(features) <= SPOT_CHUNK:
+            return self._predict(features)
+        predicted = features.new_empty((len(features), len(self.bias)))
+        for start in range(0, len(features), SPOT_CHUNK):
+            predicted[start : start + SPOT_CHUNK] = self._predict(features[start : start + SPOT_CHUNK])
+        return predicted
+
+    def _predict(self, features: torch.Tensor) -> torch.Tensor:
+        linear = F.linear((features - self.mean) / self.scale, self.weight, self.bias)
         share = self.fitted_trees
         if not share or self.tree_value.numel() == 0:
             return linear
-        scores = torch.cat([self.forest_scores(part) for part in features.float().split(_TREE_CHUNK)])
-        return (1 - share) * linear + share * (self.tree_means + scores @ self.tree_components)
+        forest = self.tree_means + self.forest_scores(features) @ self.tree_components
+        return linear.mul_(1 - share).add_(forest, alpha=share)
 
     def forest_scores(self, features: torch.Tensor) -> torch.Tensor:
         """The forest's mean prediction of the programmes' scores for ``(n, 18)`` float32 features, ``(n, k)``."""
