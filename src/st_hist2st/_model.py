@@ -635,9 +635,8 @@ def log_training_windows(sections: Sequence[Section], max_spots: int | None) -> 
 def fit_colour_ridge(ridge: ColourRidge, sections: Sequence[Section], show_progress_bar: bool = True) -> None:
     """Fit ``ridge`` on the patch features and targets of every spot of the training ``sections``.
 
-    Beyond 50,000 spots, only the sample the ridge is fitted on is read (the same one,
-    ``fitting_sample``). A ridge of ``rank='auto'`` chooses its rank by leaving
-    out one of the sections at a time.
+    Beyond 50,000 spots, only the patches of the sample the ridge is fitted on are read (``fitting_sample``
+    draws the same one). A ridge of ``rank='auto'`` chooses its rank by leaving out one section at a time.
     """
     sizes = [s.n_spots for s in sections]
     sample = fitting_sample(sum(sizes))
