@@ -4,11 +4,15 @@ Each figure comes from a fresh process (peak RSS is per process), on synthetic s
 generated lazily, window by window, as it is read (nothing of it is held): Visium-like hexagonal grids of
 10,000, 50,000 and 200,000 spots, a training step on a 50,000-spot section (through windows of
 ``max_spots`` spots), and ``pp.tile`` + prediction over a whole 60,000 x 60,000 px slide with an elliptic
-piece of tissue. The network is the ``'fast'`` preset predicting 785 genes, trained for one epoch on the
-package's synthetic data (its weights do not change the cost).
+piece of tissue; with ``--profile``, the share of a prediction's time spent cutting and resizing the patches,
+in the network and in the colour model's features (under cProfile). The model is the ``--preset`` (``'fast'`` by default; ``'blend'``, ``tl.fit``'s default, adds
+the wide crop and the colour model) predicting 785 genes, trained for one epoch on the package's synthetic data
+(its weights do not change the cost).
 
     python benchmarks/scale.py                       # everything, on the CPU
+    python benchmarks/scale.py --preset blend        # tl.fit's default
     python benchmarks/scale.py --sizes 10000 --device cuda
+    python benchmarks/scale.py --preset blend --sizes --train --slide --profile 3000
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import numpy as np
 MICRONS_PER_PIXEL = 0.5
 PITCH = 100 / MICRONS_PER_PIXEL  # Visium's 100 um between spot centres
 N_GENES = 785
+#: The functions whose share of a prediction's time ``--profile`` prints (cumulative: a function's callees count).
+PROFILED = ("crop_patches", "resize_patches", "predict_windows", "patch_features")
 
 
 class LazyHE:
@@ -94,14 +100,14 @@ def section(n_spots: int, genes: list[str] | None = None):
     return adata
 
 
-def model(folder: Path):
-    """The 'fast' network for 785 genes, trained one epoch on the synthetic data (saved once, then loaded)."""
+def model(folder: Path, preset: str):
+    """A model of ``preset`` for 785 genes, trained one epoch on the synthetic data (saved once, then loaded)."""
     import st_hist2st as hist2st
 
     if (folder / "config.json").exists():
         return hist2st.Hist2ST.load(folder)
     data = hist2st.datasets.synthetic(n_libraries=2, shape=(12, 12), n_genes=N_GENES, seed=0)
-    fitted = hist2st.tl.fit(data, "hires", preset="fast", max_epochs=1, show_progress_bar=False, accelerator="cpu")
+    fitted = hist2st.tl.fit(data, "hires", preset=preset, max_epochs=1, show_progress_bar=False, accelerator="cpu")
     fitted.save(folder)
     return fitted
 
@@ -110,13 +116,13 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def run_one(kind: str, size: int, device: str, folder: Path) -> dict:
+def run_one(kind: str, size: int, device: str, folder: Path, preset: str) -> dict:
     import torch
 
     import st_hist2st as hist2st
 
     torch.manual_seed(0)
-    net = model(folder)
+    net = model(folder, preset)
     if kind == "model":  # trained once, in a process of its own, so that no row's peak includes it
         return {"spots": 0, "seconds": 0.0}
     if kind == "predict":
@@ -126,13 +132,25 @@ def run_one(kind: str, size: int, device: str, folder: Path) -> dict:
         seconds = time.perf_counter() - t0
         assert np.isfinite(out.X).all()
         return {"spots": adata.n_obs, "seconds": seconds}
+    if kind == "profile":  # where a prediction's time goes, by the functions of PROFILED
+        import cProfile
+        import pstats
+
+        adata = section(size)
+        profile = cProfile.Profile()
+        t0 = time.perf_counter()
+        profile.runcall(hist2st.tl.predict, adata, net, device=device, show_progress_bar=False)
+        seconds = time.perf_counter() - t0
+        stats = pstats.Stats(profile).stats  # (file, line, name) -> (calls, ..., cumulative seconds, callers)
+        shares = {name: sum(v[3] for k, v in stats.items() if k[2] == name) / seconds for name in PROFILED}
+        return {"spots": adata.n_obs, "seconds": seconds, "shares": shares}
     if kind == "train":
         adata = section(size, genes=net.genes)
         t0 = time.perf_counter()
         hist2st.tl.fit(
             adata,
             "hires",
-            preset="fast",
+            preset=preset,
             max_epochs=1,
             crops_per_section=1,
             accelerator="gpu" if device == "cuda" else "cpu",
@@ -160,27 +178,41 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 50_000, 200_000])
     parser.add_argument("--train", type=int, nargs="*", default=[50_000], help="spots of the training section")
     parser.add_argument("--slide", type=int, nargs="*", default=[60_000], help="side of the whole slide, pixels")
+    parser.add_argument("--profile", type=int, nargs="*", default=[], help="spots of sections to profile")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--preset", default="fast", help="the model's preset (tl.fit's default: 'blend')")
     parser.add_argument("--one", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
     parser.add_argument("--model-folder", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore", ".*GPU available.*")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     if args.one:
-        result = run_one(args.one[0], int(args.one[1]), args.device, Path(args.model_folder))
+        result = run_one(args.one[0], int(args.one[1]), args.device, Path(args.model_folder), args.preset)
         result["peak_rss_gb"] = peak_rss_gb()
         print("RESULT " + json.dumps(result), flush=True)
         return
     import torch
 
-    print(f"st-hist2st scale benchmark on {args.device}; torch threads {torch.get_num_threads()}")
+    print(
+        f"st-hist2st scale benchmark on {args.device}, preset {args.preset!r}; torch threads {torch.get_num_threads()}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
         jobs = [("model", 0)] + [("predict", n) for n in args.sizes] + [("train", n) for n in args.train]
-        jobs += [("slide", n) for n in args.slide]
+        jobs += [("slide", n) for n in args.slide] + [("profile", n) for n in args.profile]
         rows = []
         for kind, size in jobs:
-            command = [sys.executable, __file__, "--one", kind, str(size), "--device", args.device]
+            command = [
+                sys.executable,
+                __file__,
+                "--one",
+                kind,
+                str(size),
+                "--device",
+                args.device,
+                "--preset",
+                args.preset,
+            ]
             done = subprocess.run(command + ["--model-folder", str(folder)], capture_output=True, text=True)
             lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
             if done.returncode or not lines:
@@ -193,6 +225,8 @@ def main() -> None:
             extra = ""
             if kind == "slide":
                 extra = f"  tile {result['tile_seconds']:.1f} s, {100 * result['read_fraction']:.1f} % of pixels read"
+            if kind == "profile":
+                extra = "  under cProfile: " + ", ".join(f"{k} {100 * v:.0f} %" for k, v in result["shares"].items())
             print(
                 f"{kind:8} {size:>7} -> {result['spots']:>7} spots  {result['seconds']:8.1f} s  "
                 f"{1000 * result['seconds'] / result['spots']:6.2f} s/1k spots  "
