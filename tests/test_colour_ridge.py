@@ -308,17 +308,17 @@ def test_colour_model_is_fitted_on_a_sample_of_many_spots(rng, monkeypatch):
 def test_colour_ridge_forest_is_fitted_once_per_leaf_size(rng, monkeypatch):
     from st_hist2st.nn import _colour_ridge
 
-    # three sections of 2,000 spots: each fold trains on 4,000, so leaves of 5 and of 10 are both raised to
-    # 4,000 / 256 = 16 spots, and one forest serves both
+    # three sections of 1,200 spots: each fold trains on 2,400, so leaves of 5 and of 10 are both raised to
+    # 2,400 / 256 = 10 spots (rounded up), and one forest serves both
     fitted_leaves = []
     fit = _colour_ridge.extra_trees
     monkeypatch.setattr(_colour_ridge, "extra_trees", lambda *args: fitted_leaves.append(args[2]) or fit(*args))
-    x = torch.from_numpy(rng.normal(size=(6000, len(FEATURE_NAMES))).astype(np.float32))
-    y = torch.from_numpy(np.abs(x[:, :2].numpy()) @ rng.normal(size=(2, 6)) + 0.3 * rng.normal(size=(6000, 6)))
-    ridge = ColourRidge(6, rank=2, trees="auto").fit(x, y, np.repeat(["S0", "S1", "S2"], 2000))
+    x = torch.from_numpy(rng.normal(size=(3600, len(FEATURE_NAMES))).astype(np.float32))
+    y = torch.from_numpy(np.abs(x[:, :2].numpy()) @ rng.normal(size=(2, 6)) + 0.3 * rng.normal(size=(3600, 6)))
+    ridge = ColourRidge(6, rank=2, trees="auto").fit(x, y, np.repeat(["S0", "S1", "S2"], 1200))
     assert ridge.fitted_trees > 0  # and the final forest
     assert sorted(fitted_leaves[:6]) == [5, 5, 5, 20, 20, 20] and len(fitted_leaves) == 7
-    assert _colour_ridge.spots_per_leaf(4000, 5) == 16 and _colour_ridge.spots_per_leaf(4000, 20) == 20
+    assert _colour_ridge.spots_per_leaf(2400, 5) == 10 and _colour_ridge.spots_per_leaf(2400, 20) == 20
 
 
 def test_tl_fit_reads_only_the_sampled_spots_for_the_colour_model(adata, monkeypatch):
