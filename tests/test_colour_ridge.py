@@ -162,9 +162,9 @@ def test_colour_ridge_is_blended_into_the_predictions_and_leaves_the_network_as_
         got = blended.predict(adata, show_progress_bar=False, **options)
         np.testing.assert_allclose(got, 0.75 * net + 0.25 * colour, rtol=1e-4, atol=1e-5)
     # ... also where a section is blended a few spots at a time, as a large one is
-    from st_hist2st import _inference
+    from st_hist2st.nn import _colour_ridge
 
-    monkeypatch.setattr(_inference, "SPOT_CHUNK", 7)
+    monkeypatch.setattr(_colour_ridge, "SPOT_CHUNK", 7)
     got = blended.predict(adata, show_progress_bar=False)
     np.testing.assert_allclose(
         got, 0.75 * alone.predict(adata, show_progress_bar=False) + 0.25 * colour, rtol=1e-4, atol=1e-5

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from st_hist2st._data._windows import DEFAULT_MAX_SPOTS, plan_windows, window_edges
 from st_hist2st.nn._augment import dihedral
-from st_hist2st.nn._colour_ridge import FEATURE_NAMES, SPOT_CHUNK, patch_features
+from st_hist2st.nn._colour_ridge import FEATURE_NAMES, patch_features
 from st_hist2st.nn._convmixer import release_section_statistics, section_statistics_in_one_pass
 from st_hist2st.nn._module import Hist2STModule, section_channel_statistics
 
@@ -200,8 +200,8 @@ def predict_windows(
         weight = module.arch.colour_ridge
         total *= 1 - weight
         with torch.inference_mode():
-            for start in range(0, n, SPOT_CHUNK):  # blended in place: no second spots x genes array
-                total[start : start + SPOT_CHUNK] += weight * ridge(features[start : start + SPOT_CHUNK]).cpu().numpy()
+            for spots, part in ridge.chunks(features):  # blended in place: no second spots x genes array
+                total[spots] += weight * part.cpu().numpy()
     if params is not None:
         return total, params / len(views)
     return total

@@ -7,7 +7,7 @@ expression programmes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -236,13 +236,21 @@ class ColourRidge(nn.Module):
             self._buffers[name] = (tensor.float() if tensor.is_floating_point() else tensor).to(self.alpha.device)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        features = features.float()
         if len(features) <= SPOT_CHUNK:
-            return self._predict(features)
-        predicted = features.new_empty((len(features), len(self.bias)))
-        for start in range(0, len(features), SPOT_CHUNK):
-            predicted[start : start + SPOT_CHUNK] = self._predict(features[start : start + SPOT_CHUNK])
+            return self._predict(features.float())
+        predicted = features.new_empty((len(features), len(self.bias)), dtype=torch.float32)
+        for spots, part in self.chunks(features):
+            predicted[spots] = part
         return predicted
+
+    def chunks(self, features: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+        """The predictions for ``features``, :data:`SPOT_CHUNK` spots at a time, each with its slice of spots.
+
+        A caller can use each chunk and let it go, holding no spots x genes array of the ridge's.
+        """
+        for start in range(0, len(features), SPOT_CHUNK):
+            spots = slice(start, start + SPOT_CHUNK)
+            yield spots, self._predict(features[spots].float())
 
     def _predict(self, features: torch.Tensor) -> torch.Tensor:
         linear = F.linear((features - self.mean) / self.scale, self.weight, self.bias)
