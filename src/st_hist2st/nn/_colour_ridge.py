@@ -244,7 +244,7 @@ class ColourRidge(nn.Module):
         return predicted
 
     def chunks(self, features: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
-        """The predictions for ``features``, :data:`SPOT_CHUNK` spots at a time, each with its slice of spots.
+        """The predictions for ``features``, ``SPOT_CHUNK`` (16,384) spots at a time, each with its slice of spots.
 
         A caller can use each chunk and let it go, holding no spots x genes array of the ridge's.
         """
