@@ -37,6 +37,7 @@ def test_paper_training_with_distillation_in_bf16_on_gpu(adata, tiny):
     model = hist2st.tl.fit(
         adata,
         "hires",
+        preset="paper",
         max_epochs=2,
         accelerator="gpu",
         devices=1,
@@ -49,7 +50,9 @@ def test_paper_training_with_distillation_in_bf16_on_gpu(adata, tiny):
     assert np.isfinite(out.layers["hist2st"]).all()
 
 
-@pytest.mark.parametrize("settings", [{}, {"gradient_checkpointing": True, "step_in_backward": True}])
+@pytest.mark.parametrize(
+    "settings", [{}, {"gradient_checkpointing": True, "step_in_backward": True, "gradient_clip": None}]
+)
 def test_same_seed_gives_the_same_model_on_gpu(adata, tiny, settings):
     # scatter-adds on a GPU may add in any order, so agreement is to float rounding rather than bit for bit
     kwargs = {"max_epochs": 1, "accelerator": "gpu", "devices": 1, "show_progress_bar": False}
@@ -61,3 +64,18 @@ def test_same_seed_gives_the_same_model_on_gpu(adata, tiny, settings):
     )
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert np.abs(a - c).max() > 1e-3
+
+
+def test_validation_on_gpu_scores_every_epoch(adata, tiny):
+    # validation predicts the held-out section on the GPU: its spot positions and graph arrive there too
+    model = hist2st.tl.fit(
+        adata,
+        "hires",
+        max_epochs=2,
+        validation_libraries=["S1"],
+        accelerator="gpu",
+        devices=1,
+        show_progress_bar=False,
+        **tiny,
+    )
+    assert len(model.history) == 2 and np.isfinite(model.history["val_pearson"]).all()

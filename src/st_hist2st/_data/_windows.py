@@ -48,9 +48,14 @@ def check_max_spots(max_spots: int | None, argument: str = "max_spots") -> int |
     return int(max_spots)
 
 
+def on_host(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``values`` as a NumPy array, copied off the GPU where they lie there (validation runs on the device)."""
+    return values.cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+
+
 def incoming_reach(edge_index: torch.Tensor | np.ndarray, n_spots: int) -> sp.csr_matrix:
     """Sparse ``(n, n)`` matrix ``M`` with ``M[src, dst] = 1`` for each edge: ``M @ x`` marks the spots sending to ``x``."""
-    edge_index = np.asarray(edge_index)
+    edge_index = on_host(edge_index)
     src, dst = edge_index[0], edge_index[1]
     return sp.csr_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n_spots, n_spots))
 
@@ -89,7 +94,7 @@ def plan_windows(
     margin
         Graph hops around each block (the graph network's layers).
     """
-    positions = np.asarray(positions, dtype=np.float64)
+    positions = on_host(positions).astype(np.float64, copy=False)
     n = len(positions)
     everything = np.arange(n)
     if max_spots is None or n <= max_spots:
