@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 
 from st_hist2st._data._windows import DEFAULT_MAX_SPOTS, plan_windows, window_edges
 from st_hist2st.nn._augment import dihedral
-from st_hist2st.nn._colour_ridge import FEATURE_NAMES, patch_features
+from st_hist2st.nn._colour_ridge import FEATURE_NAMES
 from st_hist2st.nn._convmixer import release_section_statistics, section_statistics_in_one_pass
 from st_hist2st.nn._module import Hist2STModule, section_channel_statistics
+from st_hist2st.nn._stains import stain_estimate
 
 #: Spots whose patches give a section's colour and BatchNorm statistics: all of them up to this many, else a
 #: fixed random sample of this many (each statistic then averages over millions of pixels or feature-map
@@ -154,6 +155,7 @@ def predict_windows(
     if ridge is not None and not ridge.is_fitted:
         ridge = None  # during the network's training, before the ridge is fitted
     features = torch.empty((n, len(FEATURE_NAMES)), device=device) if ridge is not None else None
+    stains = stain_estimate(patches_of(sample).to(device)) if ridge is not None and ridge.stains else None
     # no autocast context for '32-true': inside a bf16 Lightning validation it would turn the caller's off
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext()
     with torch.inference_mode(), autocast:
@@ -163,7 +165,7 @@ def predict_windows(
                 for part in np.array_split(order, max(1, -(-n // chunk))):
                     patches = patches_of(part).to(device)
                     if features is not None and symmetry == 0:  # the same in every view
-                        features[torch.as_tensor(part, device=device)] = patch_features(patches)
+                        features[torch.as_tensor(part, device=device)] = ridge.features(patches, stains)
                     encoded = module.encode_patches(dihedral(patches, symmetry), expanded(channel, len(part)))
                     tokens[torch.as_tensor(part, device=device)] = encoded.float()
                     if progress is not None:

@@ -30,7 +30,7 @@ from st_hist2st._data._dataset import (
 from st_hist2st._data._scale import physical_record, warn_coarser_images
 from st_hist2st._data._section import Section, prepare_sections
 from st_hist2st._data._windows import DEFAULT_MAX_SPOTS, check_max_spots
-from st_hist2st._inference import DEFAULT_WINDOW_CONTEXT, HOLD_PATCHES_UP_TO, predict_windows
+from st_hist2st._inference import DEFAULT_WINDOW_CONTEXT, HOLD_PATCHES_UP_TO, predict_windows, statistics_sample
 from st_hist2st._persistence import (
     CARD_FILE,
     CONFIG_FILE,
@@ -61,10 +61,11 @@ from st_hist2st._utils import (
     get_libraries,
     warn_emulated_bfloat16,
 )
-from st_hist2st.nn._colour_ridge import ColourRidge, fitting_sample, patch_features
+from st_hist2st.nn._colour_ridge import ColourRidge, fitting_sample
 from st_hist2st.nn._module import Architecture, Hist2STModule
 from st_hist2st.nn._numerics import flush_denormals
 from st_hist2st.nn._plan import Hist2STPlan, check_step_in_backward
+from st_hist2st.nn._stains import stain_estimate
 from st_hist2st.nn._training import DEFAULT_PRESET, Training
 from st_hist2st.nn._training import preset as get_preset
 
@@ -636,8 +637,14 @@ def fit_colour_ridge(ridge: ColourRidge, sections: Sequence[Section], show_progr
     """Fit ``ridge`` on the patch features and targets of every spot of the training ``sections``.
 
     Beyond 50,000 spots, only the patches of the sample the ridge is fitted on are read (``fitting_sample``
-    draws the same one). A ridge of ``rank='auto'`` chooses its rank by leaving out one section at a time.
+    draws the same one). A ridge of ``rank='auto'`` chooses its rank by leaving out one section at a time. A
+    ridge with ``stains`` first estimates each section's stains, from the spots that give its statistics at
+    prediction, and maps them all onto their mean.
     """
+    estimates = [None] * len(sections)
+    if ridge.stains:
+        estimates = [stain_estimate(s.patches_of(statistics_sample(s.n_spots))) for s in sections]
+        ridge.set_stain_reference(estimates)
     sizes = [s.n_spots for s in sections]
     sample = fitting_sample(sum(sizes))
     starts = np.cumsum([0, *sizes])
@@ -647,9 +654,9 @@ def fit_colour_ridge(ridge: ColourRidge, sections: Sequence[Section], show_progr
     ]
     features = []
     with tqdm(total=sum(map(len, spots)), desc="colour ridge", unit="spot", disable=not show_progress_bar) as progress:
-        for section, chosen in zip(sections, spots, strict=True):
+        for section, chosen, estimate in zip(sections, spots, estimates, strict=True):
             for part in np.array_split(chosen, -(-len(chosen) // 1024)) if len(chosen) else []:
-                features.append(patch_features(section.patches_of(part)))
+                features.append(ridge.features(section.patches_of(part), estimate))
                 progress.update(len(part))
     features = torch.cat(features)
     targets = torch.cat([s.targets[torch.from_numpy(chosen)] for s, chosen in zip(sections, spots, strict=True)])

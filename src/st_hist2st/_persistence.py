@@ -283,10 +283,15 @@ def model_card(config: dict[str, Any], n_parameters: int, notes: dict[str, Any] 
             )
         else:
             forest = ""
+        stains = (
+            ", each section's haematoxylin and eosin mapped onto the training sections' first"
+            if arch.get("colour_ridge_stains")
+            else ""
+        )
         lines.append(
             f"| colour ridge | weight {arch['colour_ridge']:g} in the predictions: a ridge regression on 18 colour and "
-            f"texture features of each patch, fitted on the training spots{projected}{forest} (validation r is "
-            "the network's alone) |"
+            f"texture features of each patch{stains}, fitted on the training spots{projected}{forest} (validation r "
+            "is the network's alone) |"
         )
     lines += [f"| {key} | {value} |" for key, value in notes.items()]
     return "\n".join(lines) + "\n"

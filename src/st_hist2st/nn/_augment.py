@@ -102,17 +102,29 @@ def random_stain_jitter(x: torch.Tensor, strength: float, generator: torch.Gener
 
     The pixels' optical densities are split into haematoxylin, eosin and DAB; per patch, each stain's amount
     is multiplied by a factor uniform in ``[1 - strength, 1 + strength]`` and shifted by an optical density
-    uniform in ``[-strength, strength]``, as a different staining or scanner would. uint8 in, uint8 out
-    (rounded); the patches' dtype otherwise, on a 0-255 scale.
+    uniform in ``[-strength, strength]``, as a different staining or scanner would (``restain``). uint8 in,
+    uint8 out (rounded); the patches' dtype otherwise, on a 0-255 scale.
     """
     if x.shape[1] != 3:
         raise ValueError(f"Stain jitter needs RGB patches, got {x.shape[1]} channels.")
     n = x.shape[0]
-    rgb_from_hed = torch.tensor(_RGB_FROM_HED, dtype=torch.float32, device=x.device)
-    hed_from_rgb = torch.linalg.inv(rgb_from_hed)
     scale = 1 + strength * (2 * torch.rand(n, 3, generator=generator) - 1)
     shift = strength * (2 * torch.rand(n, 3, generator=generator) - 1)
-    # one 3 x 3 map of optical densities per patch: od @ hed_from_rgb, then per stain a * s + b, then @ rgb_from_hed
+    return restain(x, scale, shift)
+
+
+def restain(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(N, 3, H, W)`` restained: each image's stains multiplied by ``scale`` and shifted by ``shift``.
+
+    ``scale`` and ``shift`` (optical densities) are ``(N, 3)``, for haematoxylin, eosin and DAB in that order
+    (Ruifrok and Johnston, 2001). uint8 in, uint8 out (rounded); the images' dtype otherwise, on a 0-255 scale.
+    """
+    if x.shape[1] != 3:
+        raise ValueError(f"Restaining needs RGB images, got {x.shape[1]} channels.")
+    n = x.shape[0]
+    rgb_from_hed = torch.tensor(_RGB_FROM_HED, dtype=torch.float32, device=x.device)
+    hed_from_rgb = torch.linalg.inv(rgb_from_hed)
+    # one 3 x 3 map of optical densities per image: od @ hed_from_rgb, then per stain a * s + b, then @ rgb_from_hed
     mix = hed_from_rgb.unsqueeze(0) * scale.to(x.device).unsqueeze(1) @ rgb_from_hed
     offset = (shift.to(x.device) @ rgb_from_hed).view(n, 3, 1, 1)
     od = -torch.log1p(x.float()).sub_(math.log(256.0))

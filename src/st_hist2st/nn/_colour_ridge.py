@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from st_hist2st.nn._stains import stain_normalised
+
 #: Names of the :func:`patch_features`, in their order.
 FEATURE_NAMES = (
     *(f"{stat} {channel}" for stat in ("mean", "std") for channel in ("red", "green", "blue")),
@@ -127,6 +129,10 @@ class ColourRidge(nn.Module):
     min_spots_per_leaf
         Fewest training spots in a leaf of the forest (raised to one in 256 of them, so that a tree has at most
         about 256 leaves); where ``trees='auto'``, chosen instead.
+    stains
+        Read each section's patches with their haematoxylin and eosin mapped onto the training sections' mean
+        (:meth:`features`, Macenko et al., 2009): a section stained or scanned unlike the training ones then
+        gives the features the model was fitted on. The reference is set by :meth:`set_stain_reference`.
 
     Shapes
     ------
@@ -139,8 +145,11 @@ class ColourRidge(nn.Module):
         rank: int | str | None = None,
         trees: float | str = 0.0,
         min_spots_per_leaf: int = MIN_SPOTS_PER_LEAF,
+        stains: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(stains, bool):
+            raise ValueError(f"`stains` must be True or False, got {stains!r}.")
         if not is_rank(rank):
             raise ValueError(
                 f"`rank` must be a whole number at least 1, 'auto' (chosen by leave-one-section-out) or None for a "
@@ -156,6 +165,7 @@ class ColourRidge(nn.Module):
         self.rank = rank
         self.trees = trees if trees == "auto" else float(trees)
         self.min_spots_per_leaf = min_spots_per_leaf
+        self.stains = stains
         #: The forest's share of the predictions (the chosen one where ``trees='auto'``; ``None`` until then).
         self.fitted_trees: float | None = None if trees == "auto" else float(trees)
         #: The fewest spots in a leaf :meth:`fit` asked of the forest (chosen where ``trees='auto'``).
@@ -168,6 +178,10 @@ class ColourRidge(nn.Module):
         self.register_buffer("weight", torch.zeros(n_genes, n_features))
         self.register_buffer("bias", torch.zeros(n_genes))
         self.register_buffer("alpha", torch.zeros(()))
+        if stains:
+            #: Haematoxylin and eosin vectors and concentration maxima every section's stains are mapped onto.
+            self.register_buffer("reference_stains", torch.zeros(2, 3))
+            self.register_buffer("reference_maxima", torch.zeros(2))
         if self.trees == "auto" or self.trees > 0:  # sized by fit (or by the state loaded)
             self.register_buffer("tree_feature", torch.zeros((0, 0), dtype=torch.long))
             self.register_buffer("tree_threshold", torch.zeros((0, 0)))
@@ -175,6 +189,29 @@ class ColourRidge(nn.Module):
             self.register_buffer("tree_value", torch.zeros((0, 0, 0)))
             self.register_buffer("tree_means", torch.zeros(n_genes))
             self.register_buffer("tree_components", torch.zeros((0, n_genes)))
+
+    def set_stain_reference(self, estimates: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Map every section's stains onto the mean of ``estimates`` (each training section's ``stain_estimate``)."""
+        if not self.stains:
+            raise ValueError("This colour model reads the patches as they are (`stains=False`).")
+        stains, maxima = (torch.stack(parts).mean(0) for parts in zip(*estimates, strict=True))
+        self.reference_stains.copy_(stains)
+        self.reference_maxima.copy_(maxima)
+
+    def features(
+        self, patches: torch.Tensor, estimate: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """The :func:`patch_features` this model reads from a section's ``patches``.
+
+        With ``stains``, those of the patches with their stains (``estimate``, the section's) mapped onto the
+        reference.
+        """
+        if not self.stains:
+            return patch_features(patches)
+        if estimate is None:
+            raise ValueError("A colour model with `stains=True` needs the section's stain estimate.")
+        reference = (self.reference_stains, self.reference_maxima)
+        return patch_features(stain_normalised(patches, estimate, reference))
 
     @property
     def is_fitted(self) -> bool:

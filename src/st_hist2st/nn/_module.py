@@ -101,6 +101,12 @@ class Architecture:
         ridge alone; ``'auto'`` chooses the share among 0, 0.25, 0.5, 0.75 and 1 (with the leaves' size) by
         leave-one-section-out over the training sections, as ``colour_ridge_rank='auto'`` chooses the rank (half,
         with leaves of 5 spots, where there is one). Only used where ``colour_ridge`` is above 0.
+    colour_ridge_stains
+        Let the colour ridge read each section's patches with their haematoxylin and eosin mapped onto the
+        training sections' (Macenko et al., 2009; see :class:`~st_hist2st.nn.ColourRidge`), in training and in
+        prediction alike, for slides stained or scanned unlike the training ones: the ridge reads absolute
+        colour, which the network does not (``section_norm``, ``section_batchnorm``). Only used where
+        ``colour_ridge`` is above 0.
     """
 
     n_genes: int = 785
@@ -127,6 +133,7 @@ class Architecture:
     colour_ridge: float = 0.0
     colour_ridge_rank: int | str | None = None
     colour_ridge_trees: float | str = 0.0
+    colour_ridge_stains: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_genes", "fig_size", "patch_size", "channel", "kernel_size", "heads", "dim_head", "n_pos"):
@@ -157,6 +164,8 @@ class Architecture:
                 "`colour_ridge_trees` is the forest's share of the colour ridge, in [0, 1], or 'auto' (chosen by "
                 f"leave-one-section-out), got {self.colour_ridge_trees!r}."
             )
+        if not isinstance(self.colour_ridge_stains, bool):
+            raise ValueError(f"`colour_ridge_stains` must be True or False, got {self.colour_ridge_stains!r}.")
         if not self.pixel_scale > 0:
             raise ValueError(f"`pixel_scale` must be positive, got {self.pixel_scale}.")
         if self.dim < 1:
@@ -250,7 +259,7 @@ class Hist2STModule(nn.Module):
         self.pass_weight = PassWeight(dim) if arch.distillation_head else None
         self.gene_head = ExpressionHead(dim, arch.n_genes)
         self.colour_ridge = (
-            ColourRidge(arch.n_genes, arch.colour_ridge_rank, arch.colour_ridge_trees)
+            ColourRidge(arch.n_genes, arch.colour_ridge_rank, arch.colour_ridge_trees, stains=arch.colour_ridge_stains)
             if arch.colour_ridge > 0
             else None
         )

@@ -1,0 +1,72 @@
+"""Haematoxylin and eosin of a section, estimated from its patches and mapped onto a reference's.
+
+Macenko et al. (2009): a section stained or scanned unlike the training ones then gives the colour model the
+colours it was fitted on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: Optical density below which a pixel counts as background (in any channel) in the stain estimate.
+BACKGROUND_OD = 0.15
+#: At most this many tissue pixels, drawn with a fixed seed, give a section's stain estimate.
+STAIN_PIXELS = 200_000
+#: Percentiles of the pixels' angle in the stains' plane that give the two stain vectors, and of each stain's
+#: concentration that gives its maximum.
+ANGLE_PERCENTILE, MAX_PERCENTILE = 0.01, 0.99
+
+
+def optical_density(patches: torch.Tensor) -> torch.Tensor:
+    """``(n_pixels, 3)`` optical densities of ``(n, 3, H, W)`` 0-255 patches, ``-log((x + 1) / 256)``."""
+    return -torch.log1p(patches.float().permute(0, 2, 3, 1).reshape(-1, 3)).sub_(math.log(256.0))
+
+
+def stain_estimate(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The haematoxylin and eosin vectors ``(2, 3)`` of one section's patches and their maxima ``(2,)``.
+
+    ``patches`` are ``(n, 3, H, W)``, 0-255; a stain's maximum is the 99th percentile of its concentration over
+    the tissue pixels (Macenko et al., 2009). The tissue pixels' optical densities are projected onto the plane of their two leading principal
+    directions; the directions at the 1st and 99th percentile of the angle there are the two stains,
+    haematoxylin the one that absorbs more red.
+    """
+    od = optical_density(patches)
+    od = od[(od > BACKGROUND_OD).all(1)]
+    if len(od) < 2:
+        raise ValueError(
+            "Too few tissue pixels in the patches to estimate their stains: are they blank, or not 0-255 RGB?"
+        )
+    if len(od) > STAIN_PIXELS:
+        od = od[torch.randperm(len(od), generator=torch.Generator().manual_seed(0))[:STAIN_PIXELS].to(od.device)]
+    od = od.double()
+    _, vectors = torch.linalg.eigh(torch.cov(od.T))
+    plane = vectors[:, 1:]  # the two leading directions, each pointing into positive optical densities
+    plane = plane * torch.where(plane.sum(0) < 0, -1.0, 1.0)
+    projected = od @ plane
+    angle = torch.atan2(projected[:, 1], projected[:, 0])
+    low, high = torch.quantile(angle, torch.tensor([ANGLE_PERCENTILE, 1 - ANGLE_PERCENTILE], dtype=angle.dtype))
+    stains = torch.stack([plane @ torch.stack([torch.cos(a), torch.sin(a)]) for a in (low, high)])
+    if stains[0, 0] < stains[1, 0]:
+        stains = stains.flip(0)
+    concentrations = torch.linalg.lstsq(stains.T, od.T).solution
+    return stains.float(), torch.quantile(concentrations, MAX_PERCENTILE, dim=1).float()
+
+
+def stain_normalised(
+    patches: torch.Tensor,
+    estimate: tuple[torch.Tensor, torch.Tensor],
+    reference: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """``(n, 3, H, W)`` 0-255 ``patches`` with their stains (``estimate``) mapped onto ``reference``'s, uint8.
+
+    Each pixel's concentrations of the stains of ``estimate`` (from :func:`stain_estimate`) are scaled by the
+    ratio of the maxima and recoloured with the reference's vectors.
+    """
+    (stains, maxima), (reference_stains, reference_maxima) = estimate, reference
+    n, _, h, w = patches.shape
+    od = optical_density(patches)
+    concentrations = torch.linalg.lstsq(stains.T, od.T).solution * (reference_maxima / maxima).unsqueeze(1)
+    rgb = torch.exp(-(reference_stains.T @ concentrations)).mul_(256.0).sub_(1.0).T
+    return rgb.reshape(n, h, w, 3).permute(0, 3, 1, 2).round_().clamp_(0, 255).to(torch.uint8)
