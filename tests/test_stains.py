@@ -44,8 +44,11 @@ def test_stain_normalised_undoes_another_staining(rng):
         before = (other.float() - patches).abs().mean()
         after = (back.float() - patches).abs().mean()
         assert before > 8 and after < before / 4, (factors, before, after)
-    with pytest.raises(ValueError, match="Too few tissue pixels"):
+    with pytest.raises(ValueError, match="0 tissue pixels in the patches, too few"):
         stain_estimate(torch.full((2, 3, 8, 8), 255, dtype=torch.uint8))
+    grey = stained_patches(np.random.default_rng(1)).float().mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    with pytest.raises(ValueError, match="do not separate into haematoxylin and eosin"):
+        stain_estimate(grey.round().to(torch.uint8))
 
 
 def test_colour_ridge_stains_are_checked():
@@ -92,3 +95,31 @@ def test_colour_model_with_stains_predicts_a_restained_slide_as_the_original(ada
     np.testing.assert_array_equal(
         loaded.predict(other, show_progress_bar=False), robust.predict(other, show_progress_bar=False)
     )
+
+
+def with_image(adata, transform):
+    out = adata.copy()
+    for library in out.uns["spatial"].values():
+        library["images"]["hires"] = transform(np.asarray(library["images"]["hires"]))
+    return out
+
+
+def test_colour_model_with_stains_refuses_an_image_without_two_stains_before_training(adata, tiny, monkeypatch):
+    grey = with_image(adata, lambda image: np.repeat(image.mean(2, keepdims=True), 3, axis=2).astype(np.uint8))
+    trained = []
+    monkeypatch.setattr(hist2st.Hist2ST, "_release_training_state", lambda self: trained.append(True))
+    with pytest.raises(ValueError, match=r"Library 'S0': .* pass `colour_ridge_stains=False`"):
+        hist2st.tl.fit(
+            grey, "hires", preset="blend", colour_ridge_stains=True, max_epochs=1, show_progress_bar=False, **tiny
+        )
+    assert not trained
+
+
+def test_colour_model_with_stains_warns_on_a_blank_section(adata, tiny):
+    model = hist2st.tl.fit(
+        adata, "hires", preset="blend", colour_ridge_stains=True, max_epochs=1, show_progress_bar=False, **tiny
+    )
+    blank = with_image(adata, lambda image: np.full_like(image, 250))
+    with pytest.warns(UserWarning, match="as if stained like the training sections"):
+        predicted = model.predict(blank, show_progress_bar=False)
+    assert np.isfinite(predicted).all()

@@ -8,6 +8,7 @@ it. Time and memory are linear in the number of spots.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -37,6 +38,22 @@ def statistics_sample(n_spots: int) -> np.ndarray:
     if n_spots <= STATISTICS_SPOTS:
         return np.arange(n_spots)
     return np.sort(np.random.default_rng(0).choice(n_spots, STATISTICS_SPOTS, replace=False))
+
+
+def section_stains(ridge, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stain estimate of a section from the patches ``sample``.
+
+    Where they give none (a blank or unstained section), the colour model's reference, with a warning.
+    """
+    try:
+        return stain_estimate(sample)
+    except ValueError as err:
+        warnings.warn(
+            f"{err} The colour model reads this section's colours as if stained like the training sections.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return ridge.reference_stains, ridge.reference_maxima
 
 
 @contextmanager
@@ -155,7 +172,7 @@ def predict_windows(
     if ridge is not None and not ridge.is_fitted:
         ridge = None  # during the network's training, before the ridge is fitted
     features = torch.empty((n, len(FEATURE_NAMES)), device=device) if ridge is not None else None
-    stains = stain_estimate(patches_of(sample).to(device)) if ridge is not None and ridge.stains else None
+    stains = section_stains(ridge, patches_of(sample).to(device)) if ridge is not None and ridge.stains else None
     # no autocast context for '32-true': inside a bf16 Lightning validation it would turn the caller's off
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext()
     with torch.inference_mode(), autocast:

@@ -229,6 +229,8 @@ class Hist2ST:
             train = [s for s in sections if s.library_id in train_libs]
             val = [s for s in sections if s.library_id in val_libs]
             check_targets_vary(train, self.genes)
+            ridge = self.module.colour_ridge
+            stains = training_stains(train) if ridge is not None and ridge.stains else None
             log_training_windows(train, self.training.max_spots)
             preprocessing = {
                 "image_key": image_key,
@@ -285,7 +287,7 @@ class Hist2ST:
                     plan.remove_step_hooks()
             history = json.loads(Path(history_path).read_text()) if Path(history_path).exists() else plan.history
             if self.module.colour_ridge is not None:
-                fit_colour_ridge(self.module.colour_ridge, train, show_progress_bar)
+                fit_colour_ridge(self.module.colour_ridge, train, show_progress_bar, stains)
                 preprocessing["colour_ridge_rank"] = self.module.colour_ridge.fitted_rank
                 preprocessing["colour_ridge_trees"] = self.module.colour_ridge.fitted_trees
         # the optimiser's state (twice the weights) and the gradients go now, not at some later collection
@@ -633,17 +635,40 @@ def log_training_windows(sections: Sequence[Section], max_spots: int | None) -> 
             )
 
 
-def fit_colour_ridge(ridge: ColourRidge, sections: Sequence[Section], show_progress_bar: bool = True) -> None:
+def training_stains(sections: Sequence[Section]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The stain estimate of each training section, from the spots that give its statistics at prediction.
+
+    Made before training, so that a section without two stains to find (not H&E) fails at once.
+    """
+    estimates = []
+    for section in sections:
+        try:
+            estimates.append(stain_estimate(section.patches_of(statistics_sample(section.n_spots))))
+        except ValueError as err:
+            raise ValueError(
+                f"Library {section.library_id!r}: {err} The colour model maps each section's stains onto the "
+                "training sections' (`colour_ridge_stains=True`, part of the 'blend' preset); pass "
+                "`colour_ridge_stains=False` for images that are not H&E."
+            ) from None
+    return estimates
+
+
+def fit_colour_ridge(
+    ridge: ColourRidge,
+    sections: Sequence[Section],
+    show_progress_bar: bool = True,
+    stains: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> None:
     """Fit ``ridge`` on the patch features and targets of every spot of the training ``sections``.
 
     Beyond 50,000 spots, only the patches of the sample the ridge is fitted on are read (``fitting_sample``
     draws the same one). A ridge of ``rank='auto'`` chooses its rank by leaving out one section at a time. A
-    ridge with ``stains`` first estimates each section's stains, from the spots that give its statistics at
-    prediction, and maps them all onto their mean.
+    ridge with ``stains`` maps every section's stains (``stains``, from :func:`training_stains` where not given)
+    onto their mean.
     """
     estimates = [None] * len(sections)
     if ridge.stains:
-        estimates = [stain_estimate(s.patches_of(statistics_sample(s.n_spots))) for s in sections]
+        estimates = list(stains) if stains is not None else training_stains(sections)
         ridge.set_stain_reference(estimates)
     sizes = [s.n_spots for s in sections]
     sample = fitting_sample(sum(sizes))

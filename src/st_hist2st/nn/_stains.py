@@ -14,6 +14,10 @@ import torch
 BACKGROUND_OD = 0.15
 #: At most this many tissue pixels, drawn with a fixed seed, give a section's stain estimate.
 STAIN_PIXELS = 200_000
+#: Fewest tissue pixels a stain estimate is made from.
+MIN_TISSUE_PIXELS = 1_000
+#: Largest cosine between the two stain vectors found: above it the colours hold one stain, not two.
+MAX_STAIN_COSINE = 0.99
 #: Percentiles of the pixels' angle in the stains' plane that give the two stain vectors, and of each stain's
 #: concentration that gives its maximum.
 ANGLE_PERCENTILE, MAX_PERCENTILE = 0.01, 0.99
@@ -30,13 +34,15 @@ def stain_estimate(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ``patches`` are ``(n, 3, H, W)``, 0-255; a stain's maximum is the 99th percentile of its concentration over
     the tissue pixels (Macenko et al., 2009). The tissue pixels' optical densities are projected onto the plane of their two leading principal
     directions; the directions at the 1st and 99th percentile of the angle there are the two stains,
-    haematoxylin the one that absorbs more red.
+    haematoxylin the one that absorbs more red. Raises :class:`ValueError` where the patches hold fewer than
+    1,000 tissue pixels or their colours do not separate into two stains (a blank or greyscale image).
     """
     od = optical_density(patches)
     od = od[(od > BACKGROUND_OD).all(1)]
-    if len(od) < 2:
+    if len(od) < MIN_TISSUE_PIXELS:
         raise ValueError(
-            "Too few tissue pixels in the patches to estimate their stains: are they blank, or not 0-255 RGB?"
+            f"{len(od)} tissue pixels in the patches, too few to estimate their haematoxylin and eosin (at least "
+            f"{MIN_TISSUE_PIXELS:,}): are they blank, or not an H&E image?"
         )
     if len(od) > STAIN_PIXELS:
         od = od[torch.randperm(len(od), generator=torch.Generator().manual_seed(0))[:STAIN_PIXELS].to(od.device)]
@@ -50,8 +56,17 @@ def stain_estimate(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     stains = torch.stack([plane @ torch.stack([torch.cos(a), torch.sin(a)]) for a in (low, high)])
     if stains[0, 0] < stains[1, 0]:
         stains = stains.flip(0)
+    cosine = float((stains[0] @ stains[1]) / (stains[0].norm() * stains[1].norm()))
+    if not cosine < MAX_STAIN_COSINE:  # NaN included
+        raise ValueError(
+            "The patches' colours do not separate into haematoxylin and eosin (the two stains found point the "
+            f"same way, cosine {cosine:.3f}): is it an H&E image?"
+        )
     concentrations = torch.linalg.lstsq(stains.T, od.T).solution
-    return stains.float(), torch.quantile(concentrations, MAX_PERCENTILE, dim=1).float()
+    maxima = torch.quantile(concentrations, MAX_PERCENTILE, dim=1)
+    if not bool((maxima > 0).all()):
+        raise ValueError("The patches hold no measurable amount of one of the stains: is it an H&E image?")
+    return stains.float(), maxima.float()
 
 
 def stain_normalised(
