@@ -15,6 +15,10 @@ trained on the other two (``runs/pairs``).
     python benchmarks/stain_shift.py --out runs/pairs runs/wide
 
 Prints, per held-out section and stain, the mean Pearson r over the genes of each, and the four-split means.
+``--timing`` instead times the mapping on 2,048 patches of B4 (one thread: ``OMP_NUM_THREADS=1``): the stain
+estimate, and the colour features with and without the mapped stains.
+
+    OMP_NUM_THREADS=1 python benchmarks/stain_shift.py --out runs/wide --timing
 """
 
 from __future__ import annotations
@@ -119,17 +123,41 @@ def scores(held, genes, predicted: np.ndarray) -> dict[str, float]:
     return {"mean_r": summary["mean_r"], "moran": summary["moran_spearman"]}
 
 
+def timing(model, adata, n: int = 2048, repeats: int = 2) -> None:
+    """Print the time of the stain estimate and of the features with and without mapped stains on ``n`` patches."""
+    torch.set_num_threads(1)
+    (section,) = model_sections(model, adata, ["B4"])
+    patches = section.patches_of(np.arange(section.n_spots)).repeat(-(-n // section.n_spots), 1, 1, 1)[:n]
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        estimate = stain_estimate(patches)
+        t1 = time.perf_counter()
+        patch_features(patches)
+        t2 = time.perf_counter()
+        patch_features(stain_normalised(patches, estimate, estimate))
+        t3 = time.perf_counter()
+        print(
+            f"{n} patches, one thread: stain estimate {t1 - t0:.2f} s; features {t2 - t1:.2f} s, with mapped stains "
+            f"{t3 - t2:.2f} s ({(t3 - t2) / (t2 - t1):.2f}x)",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, nargs="+", help="folders of the saved inner and outer models")
     parser.add_argument("--strength", type=float, default=0.2, help="each stain multiplied by 1 - s or 1 + s")
     parser.add_argument("--weight", type=float, default=0.75, help="the colour model's weight in the blend")
+    parser.add_argument("--timing", action="store_true", help="time the stain mapping instead")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     adata = hist2st.datasets.her2st(ROOT)
     sections = list(adata.obs["library_id"].cat.categories)
     groups = model_groups(args.out)
+    if args.timing:
+        timing(hist2st.Hist2ST.load(next(iter(groups.values()))[0]), adata)
+        return
     w, s = args.weight, args.strength
     stains = [None, *itertools.product((1 - s, 1 + s), repeat=2)]
 
