@@ -195,8 +195,9 @@ _WIDE_TRAINING = replace(_FAST_TRAINING, dihedral=True)
 #: around each spot in random rotations and mirrors; ``'blend'`` (the default) is ``'wide'`` with a ridge on colour
 #: and texture features of each patch, projected onto a few expression programmes, with a forest of randomised
 #: trees beside it (the programmes, the forest's share and its leaves as leaving out one training section at a time
-#: favours), blended into its predictions. Nested validation chose ``'wide'`` over ``'fast'``, the blend's weight
-#: with its forest, and those ways of choosing the ridge's rank and forest (see the documentation page on the model).
+#: favours), reading each section with its stains mapped onto the training sections', blended into its predictions.
+#: Nested validation chose ``'wide'`` over ``'fast'``, the blend's weight with its forest, those ways of choosing the
+#: ridge's rank and forest, and the mapped stains (see the documentation page on the model).
 PRESETS: dict[str, dict] = {
     "paper": {"architecture": {}, "training": Training()},
     "fast": {"architecture": _FAST_ARCHITECTURE, "training": _FAST_TRAINING},
@@ -207,6 +208,7 @@ PRESETS: dict[str, dict] = {
             "colour_ridge": 0.75,
             "colour_ridge_rank": "auto",
             "colour_ridge_trees": "auto",
+            "colour_ridge_stains": True,
         },
         "training": _WIDE_TRAINING,
     },

@@ -99,7 +99,10 @@ def fit(
         number of components, among 2, 5, 10, 20, 50 and all, that predicts best each training section from the
         others, 5 with one training section and on each her2st split; ``colour_ridge_trees='auto'``: the
         forest's share and leaf size chosen the same way, half with leaves of 5 spots with one training
-        section); nested validation on her2st chose the weight with the forest and these choices.
+        section), reading each section's patches with their haematoxylin and eosin mapped onto the training
+        sections' (``colour_ridge_stains=True``, so that a slide stained or scanned elsewhere is read as the
+        training slides were; pass ``False`` for images that are not H&E); nested validation on her2st chose the
+        weight with the forest, these choices and the mapped stains.
         ``'wide'``: ``'fast'`` with crops of four spot diameters (``field_of_view=4``, resized to
         the same 112 pixels: the spot and the tissue around it, as far as its neighbours) shown in random
         rotations and mirrors (``dihedral=True``); nested validation on her2st chose it over ``'fast'``.
