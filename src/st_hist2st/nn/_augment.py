@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from st_hist2st.nn._stains import map_optical_density
+
 _GREY = (0.299, 0.587, 0.114)
 
 
@@ -121,15 +123,8 @@ def restain(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.
     """
     if x.shape[1] != 3:
         raise ValueError(f"Restaining needs RGB images, got {x.shape[1]} channels.")
-    n = x.shape[0]
     rgb_from_hed = torch.tensor(_RGB_FROM_HED, dtype=torch.float32, device=x.device)
     hed_from_rgb = torch.linalg.inv(rgb_from_hed)
     # one 3 x 3 map of optical densities per image: od @ hed_from_rgb, then per stain a * s + b, then @ rgb_from_hed
     mix = hed_from_rgb.unsqueeze(0) * scale.to(x.device).unsqueeze(1) @ rgb_from_hed
-    offset = (shift.to(x.device) @ rgb_from_hed).view(n, 3, 1, 1)
-    od = -torch.log1p(x.float()).sub_(math.log(256.0))
-    od = torch.einsum("nchw,ncd->ndhw", od, mix).add_(offset)
-    y = torch.exp(-od).mul_(256.0).sub_(1.0)
-    if x.dtype == torch.uint8:
-        return y.round_().clamp_(0, 255).to(torch.uint8)
-    return y.clamp_(0, 255).to(x.dtype)
+    return map_optical_density(x, mix, shift.to(x.device) @ rgb_from_hed)

@@ -24,20 +24,41 @@ MAX_STAIN_COSINE = 0.99
 ANGLE_PERCENTILE, MAX_PERCENTILE = 0.01, 0.99
 
 
+def optical_density(x: torch.Tensor) -> torch.Tensor:
+    """Optical densities ``-log((x + 1) / 256)`` of 0-255 values, float32."""
+    return -torch.log1p(x.float()).sub_(math.log(256.0))
+
+
+def map_optical_density(x: torch.Tensor, mix: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """``(N, 3, H, W)`` 0-255 images with each pixel's optical densities ``od`` taken to ``od @ mix + offset``.
+
+    ``mix`` is one ``(3, 3)`` map or one per image ``(N, 3, 3)``, ``offset`` ``(N, 3)``. uint8 in, uint8 out
+    (rounded); the images' dtype otherwise, on a 0-255 scale.
+    """
+    od = torch.einsum("nchw,ncd->ndhw" if mix.dim() == 3 else "nchw,cd->ndhw", optical_density(x), mix)
+    if offset is not None:
+        od.add_(offset.view(len(x), 3, 1, 1))
+    y = torch.exp(-od).mul_(256.0).sub_(1.0)
+    if x.dtype == torch.uint8:
+        return y.round_().clamp_(0, 255).to(torch.uint8)
+    return y.clamp_(0, 255).to(x.dtype)
+
+
 def stain_estimate(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The haematoxylin and eosin vectors ``(2, 3)`` of one section's patches and their maxima ``(2,)``.
 
     ``patches`` are ``(n, 3, H, W)``, 0-255; a stain's maximum is the 99th percentile of its concentration over
     the tissue pixels (Macenko et al., 2009). The tissue pixels' optical densities are projected onto the plane
     of their two leading principal directions; the directions at the 1st and 99th percentile of the angle there
-    are the two stains, haematoxylin the one that absorbs more red. Raises :class:`ValueError` where the patches hold fewer than
-    1,000 tissue pixels or their colours do not separate into two stains (a blank or greyscale image).
+    are the two stains, haematoxylin the one that absorbs more red. Raises :class:`ValueError` where the patches
+    hold fewer than 1,000 tissue pixels or their colours do not separate into two stains (a blank or greyscale
+    image).
     """
     pixels = patches.permute(0, 2, 3, 1).reshape(-1, 3)
     if len(pixels) > 4 * STAIN_PIXELS:  # a fixed draw of pixels, enough to find STAIN_PIXELS of tissue
         generator = torch.Generator().manual_seed(0)
         pixels = pixels[torch.randint(len(pixels), (4 * STAIN_PIXELS,), generator=generator).to(pixels.device)]
-    od = -torch.log1p(pixels.float()).sub_(math.log(256.0))
+    od = optical_density(pixels)
     od = od[(od > BACKGROUND_OD).all(1)]
     if len(od) < MIN_TISSUE_PIXELS:
         raise ValueError(
@@ -74,14 +95,12 @@ def stain_normalised(
     estimate: tuple[torch.Tensor, torch.Tensor],
     reference: tuple[torch.Tensor, torch.Tensor],
 ) -> torch.Tensor:
-    """``(n, 3, H, W)`` 0-255 ``patches`` with their stains (``estimate``) mapped onto ``reference``'s, uint8.
+    """``(n, 3, H, W)`` 0-255 ``patches`` with their stains (``estimate``) mapped onto ``reference``'s.
 
     Each pixel's concentrations of the stains of ``estimate`` (from :func:`stain_estimate`) are scaled by the
-    ratio of the maxima and recoloured with the reference's vectors.
+    ratio of the maxima and recoloured with the reference's vectors. uint8 in, uint8 out (rounded).
     """
     (stains, maxima), (reference_stains, reference_maxima) = estimate, reference
     # concentrations = od @ pinv(stains), scaled by the ratio of the maxima, recoloured: one 3 x 3 map per pixel
     mix = torch.linalg.pinv(stains.T.double()).T * (reference_maxima / maxima).double() @ reference_stains.double()
-    od = -torch.log1p(patches.float()).sub_(math.log(256.0))
-    od = torch.einsum("nchw,cd->ndhw", od, mix.float().to(od.device))
-    return torch.exp(-od).mul_(256.0).sub_(1.0).round_().clamp_(0, 255).to(torch.uint8)
+    return map_optical_density(patches, mix.float().to(patches.device))
