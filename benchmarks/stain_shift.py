@@ -36,6 +36,8 @@ from blend import model_groups, model_sections, network_prediction
 from her2st import ROOT
 
 import st_hist2st as hist2st
+from st_hist2st._inference import section_stains, statistics_sample
+from st_hist2st._model import fit_colour_ridge
 from st_hist2st.nn import ColourRidge, patch_features
 from st_hist2st.nn._augment import restain
 from st_hist2st.nn._stains import stain_estimate, stain_normalised
@@ -64,22 +66,13 @@ def held_section(adata, section: str, stain: tuple[float, float] | None):
     return held
 
 
-def section_features(model, adata, libraries, reference=None) -> list[tuple]:
-    """``(section, features, stain-normalised features, stain estimate)`` of each of ``libraries``, cut as
-    ``model`` predicts; the stains mapped onto ``reference``'s (the mean of these sections' where ``None``)."""
-    cut = [(s, s.patches_of(np.arange(s.n_spots))) for s in model_sections(model, adata, libraries)]
-    estimates = [stain_estimate(patches) for _, patches in cut]
-    if reference is None:
-        reference = tuple(torch.stack(parts).mean(0) for parts in zip(*estimates, strict=True))
-    return [
-        (s, patch_features(patches), patch_features(stain_normalised(patches, estimate, reference)), reference)
-        for (s, patches), estimate in zip(cut, estimates, strict=True)
-    ]
-
-
-def kind_features(kind: str, features: torch.Tensor, normalised: torch.Tensor) -> torch.Tensor:
-    """The features of one section a colour model of ``kind`` (:data:`FEATURES`) reads."""
-    return {"as is": features, "per section": standardised(features), "stain-normalised": normalised}[kind]
+def section_features(model, adata, libraries) -> list[tuple]:
+    """``(section, patches, features)`` of each of ``libraries``, cut as ``model`` predicts."""
+    out = []
+    for section in model_sections(model, adata, libraries):
+        patches = section.patches_of(np.arange(section.n_spots))
+        out.append((section, patches, patch_features(patches)))
+    return out
 
 
 def standardised(features: torch.Tensor) -> torch.Tensor:
@@ -87,29 +80,37 @@ def standardised(features: torch.Tensor) -> torch.Tensor:
     return (features - features.mean(0)) / features.std(0, correction=0).clamp_min(1e-6)
 
 
-def fitted_colour_models(model, adata) -> tuple[dict[str, ColourRidge], tuple]:
-    """``'blend'``'s colour model fitted on ``model``'s training sections, on each kind of :data:`FEATURES`, and
-    the reference stains of the stain-normalised one."""
+def fitted_colour_models(model, adata) -> dict[str, ColourRidge]:
+    """``'blend'``'s colour model fitted on ``model``'s training sections, on each kind of :data:`FEATURES`; the
+    stain-normalised one as :func:`st_hist2st.tl.fit` fits it (``colour_ridge_stains=True``)."""
     train = section_features(model, adata, model.preprocessing["train_libraries"])
-    targets = torch.cat([t[0].targets for t in train])
-    names = np.repeat([t[0].library_id for t in train], [t[0].n_spots for t in train])
+    targets = torch.cat([section.targets for section, _, _ in train])
+    names = np.repeat([section.library_id for section, _, _ in train], [section.n_spots for section, _, _ in train])
     out = {}
-    for kind in FEATURES:
-        features = torch.cat([kind_features(kind, f, g) for _, f, g, _ in train])
+    for kind, read in (("as is", lambda f: f), ("per section", standardised)):
+        features = torch.cat([read(f) for _, _, f in train])
         out[kind] = ColourRidge(len(model.genes), "auto", "auto").fit(features, targets, names)
-    return out, train[0][3]
+    out["stain-normalised"] = ColourRidge(len(model.genes), "auto", "auto", stains=True)
+    fit_colour_ridge(out["stain-normalised"], [section for section, _, _ in train], show_progress_bar=False)
+    return out
 
 
-def colour_prediction(fitted, model, held) -> dict[str, np.ndarray]:
-    """Each colour model's predictions for the one section of ``held``, ``(n_obs, n_vars)`` as its layers."""
-    ridges, reference = fitted
-    ((section, features, normalised, _),) = section_features(model, held, list(held.uns["spatial"]), reference)
+def colour_prediction(ridges: dict[str, ColourRidge], model, held) -> dict[str, np.ndarray]:
+    """Each colour model's predictions for the one section of ``held``, ``(n_obs, n_vars)`` as its layers; the
+    stain-normalised one reads the section as :func:`st_hist2st.tl.predict` does."""
+    ((section, patches, features),) = section_features(model, held, list(held.uns["spatial"]))
+    mapped = ridges["stain-normalised"]
+    stains = section_stains(mapped, patches[statistics_sample(section.n_spots)])
+    read = {
+        "as is": features,
+        "per section": standardised(features),
+        "stain-normalised": mapped.features(patches, stains),
+    }
     out = {}
     with torch.inference_mode():
         for kind, ridge in ridges.items():
             predicted = np.full(held.shape, np.nan, dtype=np.float32)  # NaN for genes not predicted, as tl.predict
-            values = ridge(kind_features(kind, features, normalised)).numpy()
-            predicted[np.ix_(section.obs_index, held.var_names.get_indexer(model.genes))] = values
+            predicted[np.ix_(section.obs_index, held.var_names.get_indexer(model.genes))] = ridge(read[kind]).numpy()
             out[kind] = predicted
     return out
 
