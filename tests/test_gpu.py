@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import st_hist2st as hist2st
+from st_hist2st.nn._stains import stain_estimate, stain_normalised
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -79,3 +80,18 @@ def test_validation_on_gpu_scores_every_epoch(adata, tiny):
         **tiny,
     )
     assert len(model.history) == 2 and np.isfinite(model.history["val_pearson"]).all()
+
+
+def test_stains_are_estimated_and_mapped_alike_on_gpu_and_cpu(adata):
+    library = next(iter(adata.uns["spatial"]))
+    image = torch.from_numpy(np.ascontiguousarray(adata.uns["spatial"][library]["images"]["hires"]))
+    patches = image.permute(2, 0, 1).unsqueeze(0)
+    estimate = stain_estimate(patches)
+    on_gpu = stain_estimate(patches.cuda())
+    for cpu, gpu in zip(estimate, on_gpu, strict=True):
+        torch.testing.assert_close(gpu, cpu, rtol=0, atol=0)
+    reference = tuple(t.cuda() for t in stain_estimate(patches.flip(-1)[..., : patches.shape[-1] // 2]))
+    mapped = stain_normalised(patches.cuda(), on_gpu, reference)
+    assert mapped.device.type == "cuda"
+    expected = stain_normalised(patches, estimate, tuple(t.cpu() for t in reference))
+    assert (mapped.cpu().int() - expected.int()).abs().max() <= 1

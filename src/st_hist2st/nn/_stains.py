@@ -58,7 +58,8 @@ def stain_estimate(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if len(pixels) > 4 * STAIN_PIXELS:  # a fixed draw of pixels, enough to find STAIN_PIXELS of tissue
         generator = torch.Generator().manual_seed(0)
         pixels = pixels[torch.randint(len(pixels), (4 * STAIN_PIXELS,), generator=generator).to(pixels.device)]
-    od = optical_density(pixels)
+    # on the CPU wherever the patches are: the same estimate on every device (at most 800,000 pixels)
+    od = optical_density(pixels.cpu())
     od = od[(od > BACKGROUND_OD).all(1)]
     if len(od) < MIN_TISSUE_PIXELS:
         raise ValueError(
@@ -66,7 +67,7 @@ def stain_estimate(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             f"{MIN_TISSUE_PIXELS:,}): are they blank, or not an H&E image?"
         )
     if len(od) > STAIN_PIXELS:
-        od = od[torch.randperm(len(od), generator=torch.Generator().manual_seed(0))[:STAIN_PIXELS].to(od.device)]
+        od = od[torch.randperm(len(od), generator=torch.Generator().manual_seed(0))[:STAIN_PIXELS]]
     od = od.double()
     _, vectors = torch.linalg.eigh(torch.cov(od.T))
     plane = vectors[:, 1:]  # the two leading directions, each pointing into positive optical densities
@@ -100,7 +101,10 @@ def stain_normalised(
     Each pixel's concentrations of the stains of ``estimate`` (from :func:`stain_estimate`) are scaled by the
     ratio of the maxima and recoloured with the reference's vectors. uint8 in, uint8 out (rounded).
     """
-    (stains, maxima), (reference_stains, reference_maxima) = estimate, reference
+    # on the CPU: the estimate is there (stain_estimate), the reference wherever the model is
+    (stains, maxima), (reference_stains, reference_maxima) = (
+        (t.cpu().double() for t in p) for p in (estimate, reference)
+    )
     # concentrations = od @ pinv(stains), scaled by the ratio of the maxima, recoloured: one 3 x 3 map per pixel
-    mix = torch.linalg.pinv(stains.T.double()).T * (reference_maxima / maxima).double() @ reference_stains.double()
+    mix = torch.linalg.pinv(stains.T).T * (reference_maxima / maxima) @ reference_stains
     return map_optical_density(patches, mix.float().to(patches.device))
