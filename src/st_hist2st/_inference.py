@@ -172,13 +172,14 @@ def predict_windows(
     if ridge is not None and not ridge.is_fitted:
         ridge = None  # during the network's training, before the ridge is fitted
     features = torch.empty((n, len(FEATURE_NAMES)), device=device) if ridge is not None else None
-    stains = section_stains(ridge, patches_of(sample).to(device)) if ridge is not None and ridge.stains else None
+    sample_patches = patches_of(sample)  # the section's statistics in every view, and its stains (on the CPU)
+    stains = section_stains(ridge, sample_patches) if ridge is not None and ridge.stains else None
     # no autocast context for '32-true': inside a bf16 Lightning validation it would turn the caller's off
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext()
     with torch.inference_mode(), autocast:
         for symmetry in views:
             tokens = torch.empty((n, module.arch.dim), device=device)
-            with section_statistics(module, dihedral(patches_of(sample).to(device), symmetry)) as channel:
+            with section_statistics(module, dihedral(sample_patches.to(device), symmetry)) as channel:
                 for part in np.array_split(order, max(1, -(-n // chunk))):
                     patches = patches_of(part).to(device)
                     if features is not None and symmetry == 0:  # the same in every view

@@ -286,10 +286,10 @@ class Hist2ST:
                 finally:
                     plan.remove_step_hooks()
             history = json.loads(Path(history_path).read_text()) if Path(history_path).exists() else plan.history
-            if self.module.colour_ridge is not None:
-                fit_colour_ridge(self.module.colour_ridge, train, show_progress_bar, stains)
-                preprocessing["colour_ridge_rank"] = self.module.colour_ridge.fitted_rank
-                preprocessing["colour_ridge_trees"] = self.module.colour_ridge.fitted_trees
+            if ridge is not None:
+                fit_colour_ridge(ridge, train, show_progress_bar, stains)
+                preprocessing["colour_ridge_rank"] = ridge.fitted_rank
+                preprocessing["colour_ridge_trees"] = ridge.fitted_trees
         # the optimiser's state (twice the weights) and the gradients go now, not at some later collection
         del trainer, plan, previous
         gc.collect()
