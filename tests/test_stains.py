@@ -62,12 +62,19 @@ def test_colour_ridge_stains_are_checked():
         ColourRidge(3).set_stain_reference([(torch.zeros(2, 3), torch.ones(2))])
 
 
-def with_restained_image(adata, haematoxylin: float, eosin: float):
+def with_image(adata, transform):
     out = adata.copy()
     for library in out.uns["spatial"].values():
-        image = torch.from_numpy(np.ascontiguousarray(library["images"]["hires"])).permute(2, 0, 1).unsqueeze(0)
-        library["images"]["hires"] = restained(image, haematoxylin, eosin)[0].permute(1, 2, 0).numpy()
+        library["images"]["hires"] = transform(np.asarray(library["images"]["hires"]))
     return out
+
+
+def with_restained_image(adata, haematoxylin: float, eosin: float):
+    def transform(image: np.ndarray) -> np.ndarray:
+        rgb = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0)
+        return restained(rgb, haematoxylin, eosin)[0].permute(1, 2, 0).numpy()
+
+    return with_image(adata, transform)
 
 
 def test_colour_model_with_stains_predicts_a_restained_slide_as_the_original(adata, tiny, tmp_path):
@@ -95,13 +102,6 @@ def test_colour_model_with_stains_predicts_a_restained_slide_as_the_original(ada
     np.testing.assert_array_equal(
         loaded.predict(other, show_progress_bar=False), robust.predict(other, show_progress_bar=False)
     )
-
-
-def with_image(adata, transform):
-    out = adata.copy()
-    for library in out.uns["spatial"].values():
-        library["images"]["hires"] = transform(np.asarray(library["images"]["hires"]))
-    return out
 
 
 def test_colour_model_with_stains_refuses_an_image_without_two_stains_before_training(adata, tiny, monkeypatch):
