@@ -14,7 +14,8 @@ from st_hist2st._constants import Key
 from st_hist2st._data._graph import get_connectivities
 from st_hist2st._data._targets import expression_targets, get_counts, spot_totals
 from st_hist2st._deprecation import prediction_passed_as_layer, renamed_arguments
-from st_hist2st._utils import check_adata, check_not_view, check_var_names, get_libraries, torch_threads_kept
+from st_hist2st._utils import check_adata, check_not_view, check_var_names, get_libraries
+from st_hist2st.tl._moran import expected_morans_i, morans_i
 
 logger = logging.getLogger(__name__)
 
@@ -56,19 +57,6 @@ def spot_graph(
         return None
     key = library_key if library_key is not None and library_key in adata.obs else None
     return get_connectivities(adata, library_key=key, connectivity_key=connectivity_key, spatial_key=spatial_key)
-
-
-def morans_i(graph: sparse.spmatrix, values: np.ndarray) -> np.ndarray:
-    """Moran's I of each column of ``values`` ``(n_spots, n_genes)`` on ``graph``; NaN for a constant column."""
-    import scanpy as sc
-
-    values = np.asarray(values, dtype=np.float64)
-    constant = np.ptp(values, axis=0) == 0
-    out = np.full(values.shape[1], np.nan)
-    if graph.nnz and (~constant).any():
-        with torch_threads_kept():
-            out[~constant] = sc.metrics.morans_i(sparse.csr_matrix(graph), values[:, ~constant].T)
-    return out
 
 
 def rank_correlation(a: pd.Series | np.ndarray, b: pd.Series | np.ndarray) -> float:
@@ -157,7 +145,10 @@ def evaluate(
     moran
         Also compute each gene's Moran's I in each library, predicted and observed (:func:`scanpy.metrics.morans_i`
         on the spot graph, as :func:`squidpy.gr.spatial_autocorr` does), and their Spearman correlation over the
-        genes: whether the prediction ranks spatially variable genes as the measurement does.
+        genes: whether the prediction ranks spatially variable genes as the measurement does. Where
+        :func:`~st_hist2st.tl.predict` recorded the training spots' median total count, also the Moran's I a
+        measurement would show by :func:`~st_hist2st.tl.spatial_autocorr` (``moran_expected``) and its Spearman
+        correlation with the observed one.
 
     connectivity_key
         Key of the spot graph in ``obsp`` for Moran's I; built by the paper's rule when absent.
@@ -172,9 +163,10 @@ def evaluate(
     Returns
     -------
     With ``copy=True``, the tidy table with columns ``gene``, ``library``, ``r``, ``pvalue`` (and ``moran_pred``,
-    ``moran_obs`` with ``moran``; ``coverage80`` and so on with intervals). Otherwise ``adata`` gets ``var[key_added]`` (mean r over libraries, NaN for
-    genes not evaluated) and ``uns[key_added]`` (per library and overall: mean and median r, the number of NaN
-    genes, with ``moran`` ``moran_spearman``, with intervals ``coverage80`` and so on; the table under
+    ``moran_obs``, ``moran_expected`` with ``moran``; ``coverage80`` and so on with intervals). Otherwise
+    ``adata`` gets ``var[key_added]`` (mean r over libraries, NaN for genes not evaluated) and
+    ``uns[key_added]`` (per library and overall: mean and median r, the number of NaN genes, with ``moran``
+    ``moran_spearman`` and ``moran_expected_spearman``, with intervals ``coverage80`` and so on; the table under
     ``'table'``).
     """
     current = {"key": key, "layer": layer}
@@ -196,6 +188,8 @@ def evaluate(
     obs = observed[genes].to_numpy(np.float64)
     libs = get_libraries(adata, library_key)
     conn = spot_graph(adata, library_key, connectivity_key, spatial_key) if moran else None
+    info = adata.uns.get(key)
+    total = info.get("median_total") if isinstance(info, dict) else None
     intervals = interval_layers(adata, key, genes)
     rows, summary = [], {}
     for lib in libs.cat.categories:
@@ -212,6 +206,9 @@ def evaluate(
             graph = conn[idx][:, idx]
             row["moran_pred"], row["moran_obs"] = morans_i(graph, pred[idx]), morans_i(graph, obs[idx])
             summary[str(lib)]["moran_spearman"] = rank_correlation(row["moran_pred"], row["moran_obs"])
+            if total is not None:
+                row["moran_expected"] = expected_morans_i(graph, pred[idx], total)[0]
+                summary[str(lib)]["moran_expected_spearman"] = rank_correlation(row["moran_expected"], row["moran_obs"])
         for name, (lower, upper) in intervals.items():
             inside, known = covered(obs[idx], lower[idx], upper[idx])
             row[f"coverage{name}"] = inside.sum(0) / np.maximum(known.sum(0), 1)
@@ -228,11 +225,11 @@ def evaluate(
     adata.uns[key_added] = {
         "key": key,
         "mean_r": float(valid.mean()) if len(valid) else float("nan"),
-        **(
-            {"moran_spearman": float(np.nanmean([v["moran_spearman"] for v in summary.values()]))}
-            if conn is not None
-            else {}
-        ),
+        **{
+            name: float(np.nanmean([v[name] for v in summary.values()]))
+            for name in ("moran_spearman", "moran_expected_spearman")
+            if conn is not None and all(name in v for v in summary.values())
+        },
         **{f"coverage{name}": float(np.mean([v[f"coverage{name}"] for v in summary.values()])) for name in intervals},
         "n_nan": int(table["r"].isna().sum()),
         "libraries": summary,

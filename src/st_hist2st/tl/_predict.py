@@ -127,8 +127,9 @@ def predict(
 
     - ``layers[key_added]``: ``(n_obs, n_vars)`` float32 predictions, NaN for genes the model does not predict;
     - ``uns[key_added]``: what produced the predictions (genes, image, crop size, libraries, settings, version,
-      ``n_models``); averaged models that differ in image, crop size or settings have theirs under
-      ``'models'``;
+      ``n_models``, and ``median_total``, the training spots' median total count, which
+      :func:`~st_hist2st.tl.spatial_autocorr` reads); averaged models that differ in image, crop size or settings
+      have theirs under ``'models'``;
     - with ``uncertainty=True``: ``layers[f'{key_added}_std']``, the predictive standard deviation, and for each
       level, such as 0.8, ``layers[f'{key_added}_lower80']`` and ``layers[f'{key_added}_upper80']``, the ends
       of the central predictive interval; their names are under ``uns[key_added]['uncertainty']``, which
@@ -206,7 +207,8 @@ def predict(
             params.append(zinb)
         pred = one if pred is None else pred + one
     pred /= len(models)
-    total = float(np.median([m.preprocessing["median_total"] for m in models])) if uncertainty else None
+    totals = [m.preprocessing.get("median_total") for m in models]
+    total = float(np.median(totals)) if None not in totals else None
     spread = predictive_spread(params, total, interval_levels) if uncertainty else {}
     from st_hist2st import __version__
 
@@ -222,6 +224,7 @@ def predict(
         "window_context": window_context,
         "target": f"log10(1 + 1e4 * counts / sum(counts over {'all genes' if over == 'all' else 'the model genes'}))",
         "normalize_over": over,
+        **({"median_total": total} if total is not None else {}),
         "package_version": __version__,
     }
     if uncertainty:
