@@ -11,7 +11,8 @@ network is the same: the ridge is fitted after it and never changes its training
 ``--weights`` on the sections it was not trained on. Then, for each held-out section, the weight is chosen by
 the inner models' mean r on the other three sections (each scored by the model trained on the other two)
 and reported on the held-out section with the outer model; also the Spearman correlation between predicted
-and observed Moran's I over the genes. Models trained on the same sections, here or in another ``--out``
+and observed Moran's I over the genes, and between the Moran's I a measurement would show (``tl.spatial_autocorr``)
+and the observed one. Models trained on the same sections, here or in another ``--out``
 folder (other seeds), are averaged, as :func:`st_hist2st.tl.predict` averages a list of models. The scores are
 kept beside the first of them (``NAME.scores.json``, or the names joined by ``+``), so that a run can score
 the models trained so far and a later one only the rest.
@@ -162,7 +163,8 @@ def blended_scores(held, model, ridge_state, weights, trees: float = 0.0) -> dic
         held.uns["hist2st"] = held.uns["network"]
         hist2st.tl.evaluate(held, genes=model.genes, copy=False)
         summary = held.uns["hist2st_pearson"]
-        out[section, weight] = {k: v for k, v in summary.items() if k in ("mean_r", "moran_spearman")}
+        kept = ("mean_r", "moran_spearman", "moran_expected_spearman")
+        out[section, weight] = {k: v for k, v in summary.items() if k in kept}
     return out
 
 
@@ -252,6 +254,7 @@ def main() -> None:
                 "hist2st": outer[network[0]]["mean_r"] if network else np.nan,
                 "blended": outer[chosen]["mean_r"],
                 "moran_spearman": outer[chosen]["moran_spearman"],
+                "moran_expected": outer[chosen].get("moran_expected_spearman", np.nan),
                 **{label(c) if len(args.trees) > 1 else f"w={label(c)}": outer[c]["mean_r"] for c in candidates},
             }
         )

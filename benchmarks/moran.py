@@ -2,9 +2,11 @@
 
 For a saved model and a held-out her2st section, prints the Spearman correlation over the model's genes
 between the measured Moran's I and: the Moran's I of the predictions (what ``tl.evaluate`` reports as
-``moran_spearman``); each gene's mean measured expression (a ranking that needs no model: a gene with more
-counts has less sampling noise); and, for a model with a ZINB head, the predicted Moran's I scaled by the
-share of the gene's predicted variance that is signal rather than the head's sampling noise. Then a ceiling
+``moran_spearman``); the Moran's I a measurement would show, by ``tl.spatial_autocorr`` (``tl.evaluate``'s
+``moran_expected_spearman``); each gene's mean predicted and mean measured expression (rankings by depth
+alone: a gene with more counts has less sampling noise); and, for a model with a ZINB head, the predicted
+Moran's I scaled by the share of the gene's predicted variance that is signal rather than the head's sampling
+noise. Then a ceiling
 that needs no model: the Moran's I of the measured expression itself, projected on the top ``k`` principal
 components of the other sections' measured expression (``--ranks``), the best that any prediction confined
 to the expression programmes seen in training could reach, however accurate; and how many principal
@@ -29,7 +31,8 @@ from her2st import ROOT
 import st_hist2st as hist2st
 from st_hist2st._data._targets import expression_targets, get_counts, spot_totals
 from st_hist2st._uncertainty import target_distribution
-from st_hist2st.tl._evaluate import morans_i, observed_targets, rank_correlation, spot_graph
+from st_hist2st.tl._evaluate import observed_targets, rank_correlation, spot_graph
+from st_hist2st.tl._moran import expected_morans_i, morans_i
 
 
 def main() -> None:
@@ -64,7 +67,10 @@ def main() -> None:
     graph = spot_graph(held, "library_id", "spatial_connectivities", "spatial")
     measured, predicted = morans_i(graph, observed), morans_i(graph, pred)
     print(f"{args.section}, {len(model.genes)} genes: Spearman with the measured Moran's I of")
+    expected = expected_morans_i(graph, pred, model.preprocessing["median_total"])[0]
     print(f"  the predictions' Moran's I: {rank_correlation(predicted, measured):.3f}")
+    print(f"  the Moran's I a measurement would show (tl.spatial_autocorr): {rank_correlation(expected, measured):.3f}")
+    print(f"  the mean predicted expression: {rank_correlation(pred.mean(0), measured):.3f}")
     print(f"  the mean measured expression: {rank_correlation(observed.mean(0), measured):.3f}")
     if params is not None:
         std, _ = target_distribution(*params, model.preprocessing["median_total"], (0.8,))
