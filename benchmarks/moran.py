@@ -15,6 +15,8 @@ components the predictions and the measurement spread their variance over.
     python benchmarks/her2st.py --test C4 --set zinb=0.25 init_zinb_bias=true --out runs/zinb
     python benchmarks/moran.py runs/zinb/model_C4_seed0 --section C4
 
+Several models (seeds of one split) are averaged, as ``tl.predict`` averages them; the ZINB line needs one.
+
 ``--colour-ridge W`` (and ``--colour-ridge-rank K``) scores the model blended with a colour ridge (of rank ``K``)
 fitted on its training sections, as ``'blend'`` predicts.
 """
@@ -37,7 +39,7 @@ from st_hist2st.tl._moran import expected_morans_i, morans_i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="a saved model folder")
+    parser.add_argument("model", nargs="+", help="saved model folders (several: their predictions averaged)")
     parser.add_argument("--section", default="C4", help="held-out her2st section")
     parser.add_argument("--ranks", type=int, nargs="+", default=[3, 10, 30, 100], help="principal components kept")
     parser.add_argument(
@@ -52,22 +54,25 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     adata = hist2st.datasets.her2st(ROOT)
     held = adata[adata.obs["library_id"] == args.section].copy()
-    model = hist2st.Hist2ST.load(args.model)
+    models = [hist2st.Hist2ST.load(path) for path in args.model]
     if args.colour_ridge is not None:
-        model = with_colour_ridge(
-            model, fitted_ridge(model, adata, args.colour_ridge_rank).state_dict(), args.colour_ridge
-        )
-    zinb = model.training.zinb > 0
-    result = model.predict(held, return_zinb=zinb, show_progress_bar=False)
-    pred, params = result if zinb else (result, None)
+        models = [
+            with_colour_ridge(m, fitted_ridge(m, adata, args.colour_ridge_rank).state_dict(), args.colour_ridge)
+            for m in models
+        ]
+    model = models[0]
+    zinb = len(models) == 1 and model.training.zinb > 0
+    result = [m.predict(held, return_zinb=zinb, show_progress_bar=False) for m in models]
+    pred, params = result[0] if zinb else (np.mean(result, axis=0), None)
     held.layers["hist2st"] = np.full(held.shape, np.nan, dtype=np.float32)
     held.layers["hist2st"][:, held.var_names.get_indexer(model.genes)] = pred
     held.uns["hist2st"] = {"genes": model.genes, "normalize_over": model.preprocessing.get("normalize_over", "genes")}
     observed = observed_targets(held, "hist2st", model.preprocessing.get("layer"))[model.genes].to_numpy()
     graph = spot_graph(held, "library_id", "spatial_connectivities", "spatial")
     measured, predicted = morans_i(graph, observed), morans_i(graph, pred)
-    print(f"{args.section}, {len(model.genes)} genes: Spearman with the measured Moran's I of")
-    expected = expected_morans_i(graph, pred, model.preprocessing["median_total"])[0]
+    print(f"{args.section}, {len(model.genes)} genes, {len(models)} model(s): Spearman with the measured Moran's I of")
+    total = float(np.median([m.preprocessing["median_total"] for m in models]))  # as tl.predict records it
+    expected = expected_morans_i(graph, pred, total)[0]
     print(f"  the predictions' Moran's I: {rank_correlation(predicted, measured):.3f}")
     print(f"  the Moran's I a measurement would show (tl.spatial_autocorr): {rank_correlation(expected, measured):.3f}")
     print(f"  the mean predicted expression: {rank_correlation(pred.mean(0), measured):.3f}")
