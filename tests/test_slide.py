@@ -69,6 +69,12 @@ def test_tile_and_predict_on_a_slide_read_only_where_the_tissue_is(pyramid, trai
     assert out.uns["hist2st"]["crop_microns"] == pytest.approx(trained.preprocessing["crop_microns"])
     read = slide.level(0).pixels_read
     assert 0 < read < 0.35 * SIDE * SIDE  # blocks around the disc's spots, not the slide
+    # the genes a measurement of the slide would find spatially variable, from the image's predictions alone
+    assert out.uns["hist2st"]["median_total"] == trained.preprocessing["median_total"]
+    table = hist2st.tl.spatial_autocorr(out, copy=True)
+    assert sorted(table.index) == sorted(trained.genes)
+    varies = np.ptp(out[:, table.index].layers["hist2st"], axis=0) > 0
+    assert np.isfinite(table["I"].to_numpy()[varies]).all() and (table["signal_share"].dropna() <= 1).all()
 
 
 def test_tile_picks_the_level_of_the_models_resolution(pyramid, trained):
