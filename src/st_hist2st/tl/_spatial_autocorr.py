@@ -38,8 +38,9 @@ def spatial_autocorr(
     :func:`scanpy.metrics.morans_i` computes it, on the spot graph) is scaled by the share of the measured
     variance across spots that the predicted pattern holds. Genes are ranked by that expected Moran's I.
 
-    On her2st sections held out of training, this ranks genes' measured Moran's I far closer than the
-    predicted layer does (see the results page of the documentation).
+    On four her2st sections held out of training, this ranking correlated with that of the measured Moran's I
+    at 0.31-0.52 (Spearman over 785 genes), the predicted layer's own at -0.09 to 0.14; most of it comes from
+    each gene's depth, which alone gave 0.36-0.45 (:doc:`/results`).
 
     Parameters
     ----------
@@ -67,8 +68,8 @@ def spatial_autocorr(
 
     Returns
     -------
-    With ``copy=True``, a table indexed by gene, sorted by ``I``: ``I``, the expected Moran's I of a
-    measurement; ``I_prediction``, the Moran's I of the predicted layer; ``signal_share``, the share of the
+    With ``copy=True`` a table indexed by gene and sorted by ``I``, the expected Moran's I of a measurement,
+    with ``I_prediction``, the Moran's I of the predicted layer, and ``signal_share``, the share of the
     measured variance across spots that the prediction holds. Otherwise ``None``, and the table is in
     ``adata.uns[key_added]``.
     """
