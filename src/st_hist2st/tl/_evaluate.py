@@ -207,7 +207,7 @@ def evaluate(
             row["moran_pred"], row["moran_obs"] = morans_i(graph, pred[idx]), morans_i(graph, obs[idx])
             summary[str(lib)]["moran_spearman"] = rank_correlation(row["moran_pred"], row["moran_obs"])
             if total is not None:
-                row["moran_expected"] = expected_morans_i(graph, pred[idx], total)[0]
+                row["moran_expected"] = expected_morans_i(graph, pred[idx], total, row["moran_pred"])[0]
                 summary[str(lib)]["moran_expected_spearman"] = rank_correlation(row["moran_expected"], row["moran_obs"])
         for name, (lower, upper) in intervals.items():
             inside, known = covered(obs[idx], lower[idx], upper[idx])

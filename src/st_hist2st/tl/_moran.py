@@ -67,15 +67,25 @@ def _poisson_table(scale: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def expected_morans_i(
-    graph: sparse.spmatrix, predicted: np.ndarray, median_total: float
+    graph: sparse.spmatrix, predicted: np.ndarray, median_total: float, moran: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The Moran's I a measurement of ``predicted`` ``(n_spots, n_genes)`` would show on ``graph``.
 
-    Returns the expected Moran's I of the measurement, the Moran's I of the prediction and the signal share
-    (the predicted variance across spots over itself plus the mean Poisson variance of a spot's target).
+    Returns the expected Moran's I of the measurement, the Moran's I of the prediction (``moran`` where it was
+    computed already) and the signal share.
     """
     predicted = np.asarray(predicted, dtype=np.float64)
-    moran = morans_i(graph, predicted)
+    moran = morans_i(graph, predicted) if moran is None else np.asarray(moran, dtype=np.float64)
+    share = signal_share(predicted, median_total)
+    return moran * share, moran, share
+
+
+def signal_share(predicted: np.ndarray, median_total: float) -> np.ndarray:
+    """The share of a measurement's variance across spots that the prediction holds, per gene.
+
+    The variance of ``predicted`` across spots over itself plus the mean Poisson variance of a spot's target
+    (:func:`poisson_target_variance`).
+    """
     signal = predicted.var(0)
     noise = np.zeros(predicted.shape[1])
     step = max(1, 2**22 // max(len(predicted), 1))  # the variance of at most about 4 million values at once
@@ -83,5 +93,4 @@ def expected_morans_i(
         block = slice(start, start + step)
         noise[block] = poisson_target_variance(predicted[:, block], median_total).mean(0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(signal + noise > 0, signal / (signal + noise), np.nan)
-    return moran * share, moran, share
+        return np.where(signal + noise > 0, signal / (signal + noise), np.nan)
