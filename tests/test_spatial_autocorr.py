@@ -87,7 +87,7 @@ def _predicted_section(side=12, seed=0):
     return adata
 
 
-def test_spatial_autocorr_ranks_a_smooth_gene_with_many_counts_first():
+def test_spatial_autocorr_ranks_a_smooth_gene_with_many_counts_first(tmp_path):
     adata = _predicted_section()
     before = adata.copy()
     table = hist2st.tl.spatial_autocorr(adata, copy=True)
@@ -100,6 +100,10 @@ def test_spatial_autocorr_ranks_a_smooth_gene_with_many_counts_first():
     assert "hist2st_moranI" not in adata.uns  # copy=True writes nothing
     assert hist2st.tl.spatial_autocorr(adata, key_added="svg") is None
     pd.testing.assert_frame_equal(adata.uns["svg"], table)
+    adata.write_h5ad(tmp_path / "svg.h5ad")  # the table and the recorded depth survive a round trip
+    read = ad.read_h5ad(tmp_path / "svg.h5ad")
+    pd.testing.assert_frame_equal(read.uns["svg"], table)
+    pd.testing.assert_frame_equal(hist2st.tl.spatial_autocorr(read, copy=True), table)
     del adata.uns["svg"]
     for slot in ("layers", "obsm", "obsp"):
         assert getattr(adata, slot).keys() == getattr(before, slot).keys()
