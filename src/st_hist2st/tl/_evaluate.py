@@ -34,6 +34,24 @@ def predicted_genes(adata: AnnData, key: str) -> list[str]:
     return adata.var_names[~np.isnan(values).all(0)].tolist()
 
 
+def chosen_genes(adata: AnnData, key: str, genes: Sequence[str] | str | None) -> list[str]:
+    """``genes`` (one name or several), checked to have predictions in ``layers[key]``; default all of those."""
+    predicted = predicted_genes(adata, key)
+    if genes is None:
+        return predicted
+    genes = [genes] if isinstance(genes, str) else list(genes)
+    missing = [g for g in genes if g not in set(predicted)]
+    if missing:
+        raise KeyError(f"`genes` has genes without predictions in `layers[{key!r}]`, e.g. {missing[:5]}.")
+    return genes
+
+
+def recorded_median_total(adata: AnnData, key: str) -> float | None:
+    """The training spots' median total count :func:`~st_hist2st.tl.predict` recorded in ``uns[key]``, if any."""
+    info = adata.uns.get(key)
+    return info.get("median_total") if isinstance(info, dict) else None
+
+
 def observed_targets(adata: AnnData, key: str, layer: str | None) -> pd.DataFrame:
     """Observed expression (raw counts in ``layer``) of the genes predicted in ``layers[key]``, as the targets.
 
@@ -180,16 +198,12 @@ def evaluate(
         check_not_view(adata)
     key_added = f"{key}_pearson" if key_added is None else key_added
     observed = observed_targets(adata, key, layer)
-    genes = list(observed.columns) if genes is None else ([genes] if isinstance(genes, str) else list(genes))
-    missing = [g for g in genes if g not in observed.columns]
-    if missing:
-        raise KeyError(f"`genes` has genes without predictions in `layers[{key!r}]`, e.g. {missing[:5]}.")
+    genes = chosen_genes(adata, key, genes)
     pred = np.asarray(adata[:, genes].layers[key], dtype=np.float64)
     obs = observed[genes].to_numpy(np.float64)
     libs = get_libraries(adata, library_key)
     conn = spot_graph(adata, library_key, connectivity_key, spatial_key) if moran else None
-    info = adata.uns.get(key)
-    total = info.get("median_total") if isinstance(info, dict) else None
+    total = recorded_median_total(adata, key)
     intervals = interval_layers(adata, key, genes)
     rows, summary = [], {}
     for lib in libs.cat.categories:

@@ -44,16 +44,21 @@ def poisson_target_variance(predicted: np.ndarray, median_total: float) -> np.nd
     expected target is the prediction (tabulated over means up to :data:`EXACT_UP_TO` counts; the delta method
     above). Predictions at or below 0 have none.
     """
-    number = isinstance(median_total, int | float | np.number) and not isinstance(median_total, bool)
-    if not number or not np.isfinite(median_total) or median_total <= 0:
-        raise ValueError(f"`median_total` must be a positive number of counts, got {median_total!r}.")
-    scale = 1e4 / float(median_total)
+    scale = 1e4 / checked_median_total(median_total)
     predicted = np.asarray(predicted, dtype=np.float64)
     expected, variance = _poisson_table(scale)
     tabulated = np.interp(predicted, expected, variance, left=0.0)
     mean = np.clip((10.0**predicted - 1.0) / scale, 0.0, None)
     delta = (np.log10(np.e) * scale / (1.0 + scale * mean)) ** 2 * mean
     return np.where(predicted <= expected[-1], tabulated, delta)
+
+
+def checked_median_total(value) -> float:
+    """``value`` as a float, refused unless it is a positive, finite number of counts."""
+    number = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+    if not number or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"`median_total` must be a positive number of counts, got {value!r}.")
+    return float(value)
 
 
 @lru_cache(maxsize=8)

@@ -10,8 +10,8 @@ from anndata import AnnData
 
 from st_hist2st._constants import Key
 from st_hist2st._utils import check_adata, check_not_view, get_libraries
-from st_hist2st.tl._evaluate import predicted_genes, spot_graph
-from st_hist2st.tl._moran import expected_morans_i
+from st_hist2st.tl._evaluate import chosen_genes, recorded_median_total, spot_graph
+from st_hist2st.tl._moran import checked_median_total, expected_morans_i
 
 logger = logging.getLogger(__name__)
 
@@ -76,14 +76,7 @@ def spatial_autocorr(
     check_adata(adata)
     if not copy:
         check_not_view(adata)
-    all_genes = predicted_genes(adata, key)
-    if genes is None:
-        genes = all_genes
-    else:
-        genes = [genes] if isinstance(genes, str) else list(genes)
-        missing = [g for g in genes if g not in all_genes]
-        if missing:
-            raise KeyError(f"`genes` has genes without predictions in `layers[{key!r}]`, e.g. {missing[:5]}.")
+    genes = chosen_genes(adata, key, genes)
     total = _median_total(adata, key, median_total)
     graph = spot_graph(adata, library_key, connectivity_key, spatial_key)
     if graph is None:
@@ -115,18 +108,11 @@ def spatial_autocorr(
 
 def _median_total(adata: AnnData, key: str, given: float | None) -> float:
     """``given``, else the median spot total :func:`~st_hist2st.tl.predict` recorded in ``uns[key]``."""
-    if given is not None:
-        total = given
-    else:
-        info = adata.uns.get(key)
-        total = info.get("median_total") if isinstance(info, dict) else None
-        if total is None:
-            raise ValueError(
-                f"`adata.uns[{key!r}]` does not record the training spots' median total count (the predictions "
-                "were made by an earlier version, or with a model trained before models recorded it). Predict "
-                "again with `hist2st.tl.predict`, or pass `median_total=`."
-            )
-    number = isinstance(total, int | float | np.number) and not isinstance(total, bool)
-    if not number or not np.isfinite(total) or total <= 0:
-        raise ValueError(f"`median_total` must be a positive number of counts, got {total!r}.")
-    return float(total)
+    total = recorded_median_total(adata, key) if given is None else given
+    if total is None:
+        raise ValueError(
+            f"`adata.uns[{key!r}]` does not record the training spots' median total count (the predictions "
+            "were made by an earlier version, or with a model trained before models recorded it). Predict "
+            "again with `hist2st.tl.predict`, or pass `median_total=`."
+        )
+    return checked_median_total(total)
