@@ -65,6 +65,27 @@ def test_expected_morans_i_is_that_of_simulated_measurements():
     assert measured[0] < 0.5 * measured[2]
 
 
+def test_predictions_below_zero_are_read_as_no_expression():
+    """A model predicts a little below 0 where a gene has no counts; no measurement shows that field."""
+    side = 24
+    graph = _grid_graph(side)
+    y, x = np.divmod(np.arange(side * side), side)
+    blob = np.exp(-((x - 8.0) ** 2 + (y - 14.0) ** 2) / 60.0)
+    smooth = np.sin(x / 5.0) * np.cos(y / 6.0)
+    # expressed only inside the blob, at 3 counts at most; outside it the model predicts a smooth field below 0
+    means = 3.0 * np.clip(blob - 0.3, 0.0, None)
+    partly = np.where(means > 0, _expected_target(means), -0.05 - 0.05 * (1 + smooth))
+    nowhere = -0.1 - 0.05 * (1 + smooth)  # a gene without counts in training: a smooth field below 0
+    predicted = np.stack([partly, nowhere], axis=1)
+    expected, moran, share = expected_morans_i(graph, predicted, TOTAL)
+    rng = np.random.default_rng(0)
+    measured = np.mean([morans_i(graph, _target(rng.poisson(means[:, None]))) for _ in range(60)], axis=0)
+    assert expected[0] == pytest.approx(measured[0], abs=0.02)
+    assert np.isnan(expected[1]) and np.isnan(share[1])  # its measurement: zeros everywhere, no Moran's I
+    np.testing.assert_allclose(moran, morans_i(graph, predicted))  # the predicted layer's own, unchanged
+    assert moran[1] > 0.9
+
+
 def _predicted_section(side=12, seed=0):
     """Predictions of four genes on a grid section: a smooth pattern at many and at few counts, a rough one,
     and a constant one."""

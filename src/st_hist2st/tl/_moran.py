@@ -76,20 +76,27 @@ def expected_morans_i(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The Moran's I a measurement of ``predicted`` ``(n_spots, n_genes)`` would show on ``graph``.
 
-    Returns the expected Moran's I of the measurement, the Moran's I of the prediction (``moran`` where it was
+    Predicted values below 0, which no measured target takes, are read as no expression (0). Returns the
+    expected Moran's I of the measurement, the Moran's I of the prediction as it is (``moran`` where it was
     computed already) and the signal share.
     """
     predicted = np.asarray(predicted, dtype=np.float64)
     moran = morans_i(graph, predicted) if moran is None else np.asarray(moran, dtype=np.float64)
-    share = signal_share(predicted, median_total)
-    return moran * share, moran, share
+    expressed = np.clip(predicted, 0.0, None)
+    below = (predicted < 0).any(0)
+    pattern = moran.copy()
+    if below.any():
+        pattern[below] = morans_i(graph, expressed[:, below])
+    share = signal_share(expressed, median_total)
+    return pattern * share, moran, share
 
 
 def signal_share(predicted: np.ndarray, median_total: float) -> np.ndarray:
     """The share of a measurement's variance across spots that the prediction holds, per gene.
 
     The variance of ``predicted`` across spots over itself plus the mean Poisson variance of a spot's target
-    (:func:`poisson_target_variance`).
+    (:func:`poisson_target_variance`). ``predicted`` holds expected targets, none below 0; NaN for a gene that
+    neither varies nor has counts.
     """
     signal = predicted.var(0)
     noise = np.zeros(predicted.shape[1])

@@ -37,6 +37,8 @@ def spatial_autocorr(
     median total count, its counts are taken as Poisson, and the Moran's I of the prediction (computed as
     :func:`scanpy.metrics.morans_i` computes it, on the spot graph) is scaled by the share of the measured
     variance across spots that the predicted pattern holds. Genes are ranked by that expected Moran's I.
+    Predicted values below 0, which no measurement takes, count as no expression: a gene predicted at or below
+    0 everywhere has no expected Moran's I (NaN, ranked last), as its measurement would be all zeros.
 
     On four her2st sections held out of training, this ranking correlated with that of the measured Moran's I
     at 0.31-0.52 (Spearman over 785 genes), the predicted layer's own at -0.09 to 0.14; most of it comes from
@@ -69,8 +71,9 @@ def spatial_autocorr(
     Returns
     -------
     With ``copy=True`` a table indexed by gene and sorted by ``I``, the expected Moran's I of a measurement,
-    with ``I_prediction``, the Moran's I of the predicted layer, and ``signal_share``, the share of the
-    measured variance across spots that the prediction holds. Otherwise ``None``, and the table is in
+    with ``I_prediction``, the Moran's I of the predicted layer as it is, and ``signal_share``, the share of
+    the measured variance across spots that the prediction holds. ``I`` is the Moran's I of the prediction
+    (values below 0 read as 0) times ``signal_share``. Otherwise ``None``, and the table is in
     ``adata.uns[key_added]``.
     """
     check_adata(adata)
