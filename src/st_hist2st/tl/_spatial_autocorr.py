@@ -41,7 +41,7 @@ def spatial_autocorr(
     0 everywhere has no expected Moran's I (NaN, ranked last), as its measurement would be all zeros.
 
     On four her2st sections held out of training, this ranking correlated with that of the measured Moran's I
-    at 0.31-0.52 (Spearman over 785 genes), the predicted layer's own at -0.09 to 0.14; most of it comes from
+    at 0.31-0.52 (Spearman over 785 genes), the predicted layer's own at -0.07 to 0.14; most of it comes from
     each gene's depth, which alone gave 0.36-0.45 (:doc:`/results`).
 
     Parameters
