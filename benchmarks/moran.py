@@ -35,6 +35,7 @@ from st_hist2st._data._targets import expression_targets, get_counts, spot_total
 from st_hist2st._uncertainty import target_distribution
 from st_hist2st.tl._evaluate import observed_targets, rank_correlation, spot_graph
 from st_hist2st.tl._moran import expected_morans_i, morans_i
+from st_hist2st.tl._predict import median_total_of
 
 
 def main() -> None:
@@ -71,7 +72,7 @@ def main() -> None:
     graph = spot_graph(held, "library_id", "spatial_connectivities", "spatial")
     measured, predicted = morans_i(graph, observed), morans_i(graph, pred)
     print(f"{args.section}, {len(model.genes)} genes, {len(models)} model(s): Spearman with the measured Moran's I of")
-    total = float(np.median([m.preprocessing["median_total"] for m in models]))  # as tl.predict records it
+    total = median_total_of(models)
     expected = expected_morans_i(graph, pred, total)[0]
     print(f"  the predictions' Moran's I: {rank_correlation(predicted, measured):.3f}")
     print(f"  the Moran's I a measurement would show (tl.spatial_autocorr): {rank_correlation(expected, measured):.3f}")

@@ -207,8 +207,7 @@ def predict(
             params.append(zinb)
         pred = one if pred is None else pred + one
     pred /= len(models)
-    totals = [m.preprocessing.get("median_total") for m in models]
-    total = float(np.median(totals)) if None not in totals else None
+    total = median_total_of(models)
     spread = predictive_spread(params, total, interval_levels) if uncertainty else {}
     from st_hist2st import __version__
 
@@ -296,3 +295,12 @@ def _settings(
     if all(all(v == values[0] for v in values) for values in each.values()):
         return {key: values[0] for key, values in each.items()}
     return {"models": {f"model_{i}": {key: values[i] for key, values in each.items()} for i in range(len(models))}}
+
+
+def median_total_of(models: Sequence[Hist2ST]) -> float | None:
+    """The depth the models' averaged predictions stand for: the median of their median training spot totals.
+
+    ``None`` when a model was trained before models recorded it.
+    """
+    totals = [m.preprocessing.get("median_total") for m in models]
+    return float(np.median(totals)) if None not in totals else None
