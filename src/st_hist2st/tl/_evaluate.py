@@ -40,7 +40,8 @@ def chosen_genes(adata: AnnData, key: str, genes: Sequence[str] | str | None) ->
     if genes is None:
         return predicted
     genes = [genes] if isinstance(genes, str) else list(genes)
-    missing = [g for g in genes if g not in set(predicted)]
+    known = set(predicted)
+    missing = [g for g in genes if g not in known]
     if missing:
         raise KeyError(f"`genes` has genes without predictions in `layers[{key!r}]`, e.g. {missing[:5]}.")
     return genes
