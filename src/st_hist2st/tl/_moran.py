@@ -82,12 +82,11 @@ def expected_morans_i(
     """
     predicted = np.asarray(predicted, dtype=np.float64)
     moran = morans_i(graph, predicted) if moran is None else np.asarray(moran, dtype=np.float64)
-    expressed = np.clip(predicted, 0.0, None)
     below = (predicted < 0).any(0)
     pattern = moran.copy()
     if below.any():
-        pattern[below] = morans_i(graph, expressed[:, below])
-    share = signal_share(expressed, median_total)
+        pattern[below] = morans_i(graph, np.clip(predicted[:, below], 0.0, None))
+    share = signal_share(predicted, median_total)
     return pattern * share, moran, share
 
 
@@ -95,14 +94,15 @@ def signal_share(predicted: np.ndarray, median_total: float) -> np.ndarray:
     """The share of a measurement's variance across spots that the prediction holds, per gene.
 
     The variance of ``predicted`` across spots over itself plus the mean Poisson variance of a spot's target
-    (:func:`poisson_target_variance`). ``predicted`` holds expected targets, none below 0; NaN for a gene that
+    (:func:`poisson_target_variance`), with values below 0 read as no expression (0); NaN for a gene that
     neither varies nor has counts.
     """
-    signal = predicted.var(0)
-    noise = np.zeros(predicted.shape[1])
-    step = max(1, 2**22 // max(len(predicted), 1))  # the variance of at most about 4 million values at once
+    signal, noise = np.zeros(predicted.shape[1]), np.zeros(predicted.shape[1])
+    step = max(1, 2**22 // max(len(predicted), 1))  # at most about 4 million values at once
     for start in range(0, predicted.shape[1], step):
         block = slice(start, start + step)
-        noise[block] = poisson_target_variance(predicted[:, block], median_total).mean(0)
+        expressed = np.clip(predicted[:, block], 0.0, None)
+        signal[block] = expressed.var(0)
+        noise[block] = poisson_target_variance(expressed, median_total).mean(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(signal + noise > 0, signal / (signal + noise), np.nan)
