@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pytest
 import torch
@@ -227,6 +228,38 @@ def test_graph_equals_squidpys(layout, squidpy_graph):
     expected = squidpy_graph(adata, layout)
     assert conn.nnz > 3 * adata.n_obs
     assert (conn != expected).nnz == 0
+
+
+def test_graph_infers_each_librarys_grid_and_layout_on_its_own():
+    # an ST section and a Visium section in one AnnData, their spots in the same pixel frame and no array_row /
+    # array_col: one lattice over both does not exist (they share coordinates), and each keeps its own rule
+    st = hist2st.datasets.synthetic(n_libraries=1, shape=(6, 6), n_genes=3, layout="st")
+    visium = hist2st.datasets.synthetic(n_libraries=1, shape=(6, 6), n_genes=3, layout="visium")
+    visium.obs["library_id"] = "V"
+    visium.obs_names = [f"v{name}" for name in visium.obs_names]
+    both = ad.concat([st, visium])
+    both.obs = both.obs.drop(columns=["array_row", "array_col"])
+    assert len(set(map(tuple, st.obsm["spatial"])) & set(map(tuple, visium.obsm["spatial"]))) > 0
+    conn = build_connectivities(both, library_key="library_id")
+    for part in (st, visium):
+        alone = both[both.obs["library_id"] == part.obs["library_id"].iloc[0]].copy()
+        rows = np.flatnonzero(both.obs["library_id"] == alone.obs["library_id"].iloc[0])
+        own = build_connectivities(alone, library_key="library_id")
+        assert own.nnz > 0 and (conn[rows][:, rows] != own).nnz == 0
+    assert conn[: st.n_obs, st.n_obs :].nnz == 0  # no edge between the sections
+    degree = np.asarray((conn != 0).sum(1)).ravel()
+    assert degree[: st.n_obs].max() == 4 and degree[st.n_obs :].max() == 6
+    with pytest.raises(KeyError, match="`adata.obs\\['section'\\]` does not exist"):
+        build_connectivities(both, library_key="section")
+
+
+def test_graph_warns_when_a_library_gets_no_edges():
+    # array indices in steps of 5 (a subsampled array): no spot is within the paper's 2 grid units of another
+    adata = _grid(3, 3)
+    adata.obs[["array_row", "array_col"]] *= 5
+    with pytest.warns(UserWarning, match="no spot has a neighbour by the st rule"):
+        conn = build_connectivities(adata, library_key=None, layout="st")
+    assert conn.nnz == 0
 
 
 def test_visium_graph_refuses_a_library_of_few_spots():

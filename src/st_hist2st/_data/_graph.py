@@ -13,7 +13,7 @@ from scipy import sparse
 from sklearn.neighbors import NearestNeighbors
 
 from st_hist2st._constants import Key
-from st_hist2st._utils import get_spatial
+from st_hist2st._utils import get_libraries, get_spatial
 
 logger = logging.getLogger(__name__)
 
@@ -130,40 +130,42 @@ def build_connectivities(
     (and through it spatialdata, dask and scikit-image) while training: 0.07 GB less at the peak on her2st.
     ``adata`` is not modified.
     """
-    positions = grid_positions(adata, spatial_key) if positions is None else positions
-    if layout == "auto":
-        layout = detect_layout(positions)
-    if layout == "visium":
-        coords = get_spatial(adata, spatial_key)
-    elif layout == "st":
-        coords = positions.astype(np.float64)
-    else:
+    if layout not in ("auto", "st", "visium"):
         raise ValueError(f"`layout` must be 'auto', 'st' or 'visium', got {layout!r}.")
-    if library_key is not None and library_key in adata.obs:
-        codes = pd.Categorical(adata.obs[library_key].astype(str).to_numpy()).codes
-    else:
-        codes = np.zeros(adata.n_obs, dtype=np.int8)
-    rows, cols = [], []
-    for code in np.unique(codes):
-        idx = np.flatnonzero(codes == code)
+    libraries = get_libraries(adata, library_key)
+    positions = grid_positions(adata, spatial_key, libraries) if positions is None else positions
+    spatial = get_spatial(adata, spatial_key) if layout != "st" else None
+    rows, cols, built = [], [], set()
+    for lib in libraries.cat.categories:
+        idx = np.flatnonzero((libraries == lib).to_numpy())
+        own = detect_layout(positions[idx]) if layout == "auto" else layout
+        built.add(own)
+        coords = spatial if own == "visium" else positions.astype(np.float64)
         # the neighbour queries break ties (spots equally far, at array borders) by input order: query the spots in
         # the order of their grid position, so that the graph does not depend on the order of adata's rows
         idx = idx[np.lexsort((coords[idx, 1], coords[idx, 0], positions[idx, 0], positions[idx, 1]))]
         xy = coords[idx]
-        k = VISIUM_NEIGHBOURS if layout == "visium" else max(1, min(ST_NEIGHBOURS, len(idx) - 1))
+        k = VISIUM_NEIGHBOURS if own == "visium" else max(1, min(ST_NEIGHBOURS, len(idx) - 1))
         source, target = _nearest(xy, k)
         dist = np.linalg.norm(xy[source] - xy[target], axis=1)
-        if layout == "visium":
+        if own == "visium":
             keep = dist < np.median(dist) * VISIUM_DISTANCE_FACTOR
         else:
             keep = dist <= ST_MAX_GRID_DISTANCE
+        if len(idx) > 1 and not keep.any():
+            warnings.warn(
+                f"Library {lib!r}: no spot has a neighbour by the {own} rule, so its graph has no edges; check "
+                f"`spatial_key` and `layout`, or put your own graph in `adata.obsp`.",
+                UserWarning,
+                stacklevel=3,
+            )
         rows.append(idx[source[keep]])
         cols.append(idx[target[keep]])
     rows, cols = np.concatenate(rows), np.concatenate(cols)
     conn = sparse.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, cols)), shape=(adata.n_obs, adata.n_obs))
     conn.setdiag(0)
     conn.eliminate_zeros()
-    logger.info("built the %s spot graph (%d edges)", layout, conn.nnz)
+    logger.info("built the %s spot graph (%d edges)", " and ".join(sorted(built)), conn.nnz)
     return conn
 
 

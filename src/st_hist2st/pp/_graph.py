@@ -29,18 +29,20 @@ def spatial_graph(
     2 grid units away (a directed graph, no self-loops). Visium arrays get the 6 hexagonal neighbours. The graph
     equals squidpy's for the same settings; it is built with scikit-learn directly so that training does not
     import squidpy.
-    Grid coordinates come from ``obs['array_row']``/``['array_col']`` or are inferred from ``obsm[spatial_key]``.
+    Grid coordinates come from ``obs['array_row']``/``['array_col']`` or are inferred from ``obsm[spatial_key]``,
+    each section's on its own (sections may share a pixel frame).
 
     Parameters
     ----------
     adata
         Spots.
     library_key
-        Column of ``obs`` with the section of each spot; graphs never cross sections.
+        Column of ``obs`` with the section of each spot; graphs never cross sections. ``None``: one section.
     spatial_key
         Key of the spot centres in ``obsm``.
     layout
-        ``'st'``, ``'visium'`` or ``'auto'`` (Visium when every ``array_row + array_col`` has one parity).
+        ``'st'``, ``'visium'`` or ``'auto'``: per section, Visium when every ``array_row + array_col`` has one
+        parity.
     key_added
         Key in ``obsp`` for the graph.
     copy
