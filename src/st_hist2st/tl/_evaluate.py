@@ -74,8 +74,9 @@ def spot_graph(
     if connectivity_key not in adata.obsp and spatial_key not in adata.obsm:
         logger.info("no spot graph and no coordinates: Moran's I is not computed")
         return None
-    key = library_key if library_key is not None and library_key in adata.obs else None
-    return get_connectivities(adata, library_key=key, connectivity_key=connectivity_key, spatial_key=spatial_key)
+    return get_connectivities(
+        adata, library_key=library_key, connectivity_key=connectivity_key, spatial_key=spatial_key
+    )
 
 
 def rank_correlation(a: pd.Series | np.ndarray, b: pd.Series | np.ndarray) -> float:
