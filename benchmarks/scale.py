@@ -4,7 +4,9 @@ Each figure comes from a fresh process (peak RSS is per process), on synthetic s
 generated lazily, window by window, as it is read (nothing of it is held): Visium-like hexagonal grids of
 10,000, 50,000 and 200,000 spots, a training step on a 50,000-spot section (through windows of
 ``max_spots`` spots), and ``pp.tile`` + prediction over a whole 60,000 x 60,000 px slide with an elliptic
-piece of tissue; with ``--profile``, the share of a prediction's time spent cutting and resizing the patches,
+piece of tissue; scoring (``tl.evaluate`` with Moran's I, then ``tl.spatial_autocorr``) of a prediction
+of 785 genes on sections of 50,000 and 200,000 spots (``--score``; the extra memory is the peak RSS above the
+RSS before scoring); with ``--profile``, the share of a prediction's time spent cutting and resizing the patches,
 in the network and in the colour model's features (under cProfile). The model is the ``--preset`` (``'fast'`` by default; ``'blend'``, ``tl.fit``'s default, adds
 the wide crop and the colour model) predicting 785 genes, trained for one epoch on the package's synthetic data
 (its weights do not change the cost).
@@ -13,6 +15,7 @@ the wide crop and the colour model) predicting 785 genes, trained for one epoch 
     python benchmarks/scale.py --preset blend        # tl.fit's default
     python benchmarks/scale.py --sizes 10000 --device cuda
     python benchmarks/scale.py --preset blend --sizes --train --slide --profile 3000
+    python benchmarks/scale.py --sizes --train --slide --score 50000 200000
 """
 
 from __future__ import annotations
@@ -116,12 +119,43 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def current_rss_gb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 1024**3
+
+
+def score(size: int) -> dict:
+    """Seconds and extra memory of ``tl.evaluate(moran=True)`` and ``tl.spatial_autocorr`` on ``size`` spots."""
+    import st_hist2st as hist2st
+
+    genes = [f"gene{k}" for k in range(N_GENES)]
+    adata = section(size, genes=genes)
+    rng = np.random.default_rng(1)
+    adata.layers["hist2st"] = rng.gamma(2.0, 0.25, (adata.n_obs, N_GENES)).astype(np.float32)
+    adata.uns["hist2st"] = {"median_total": 800.0}  # as tl.predict records it
+    before = current_rss_gb()
+    t0 = time.perf_counter()
+    table = hist2st.tl.evaluate(adata, "hist2st", moran=True, copy=True)
+    evaluated = time.perf_counter() - t0
+    ranked = hist2st.tl.spatial_autocorr(adata, "hist2st", copy=True)
+    assert len(table) == N_GENES and len(ranked) == N_GENES
+    return {
+        "spots": adata.n_obs,
+        "seconds": time.perf_counter() - t0,
+        "evaluate_seconds": evaluated,
+        "rss_before_gb": before,
+        "prediction_gb": adata.layers["hist2st"].nbytes / 1024**3,
+    }
+
+
 def run_one(kind: str, size: int, device: str, folder: Path, preset: str) -> dict:
     import torch
 
     import st_hist2st as hist2st
 
     torch.manual_seed(0)
+    if kind == "score":  # needs no model
+        return score(size)
     net = model(folder, preset)
     if kind == "model":  # trained once, in a process of its own, so that no row's peak includes it
         return {"spots": 0, "seconds": 0.0}
@@ -179,6 +213,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, nargs="*", default=[50_000], help="spots of the training section")
     parser.add_argument("--slide", type=int, nargs="*", default=[60_000], help="side of the whole slide, pixels")
     parser.add_argument("--profile", type=int, nargs="*", default=[], help="spots of sections to profile")
+    parser.add_argument("--score", type=int, nargs="*", default=[50_000, 200_000], help="spots of sections to score")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", default="fast", help="the model's preset (tl.fit's default: 'blend')")
     parser.add_argument("--one", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
@@ -200,6 +235,7 @@ def main() -> None:
         folder = Path(tmp) / "model"
         jobs = [("model", 0)] + [("predict", n) for n in args.sizes] + [("train", n) for n in args.train]
         jobs += [("slide", n) for n in args.slide] + [("profile", n) for n in args.profile]
+        jobs += [("score", n) for n in args.score]
         rows = []
         for kind, size in jobs:
             command = [
@@ -225,6 +261,12 @@ def main() -> None:
             extra = ""
             if kind == "slide":
                 extra = f"  tile {result['tile_seconds']:.1f} s, {100 * result['read_fraction']:.1f} % of pixels read"
+            if kind == "score":
+                extra = (
+                    f"  evaluate {result['evaluate_seconds']:.1f} s; above the RSS before scoring "
+                    f"{result['peak_rss_gb'] - result['rss_before_gb']:.2f} GB (float32 prediction "
+                    f"{result['prediction_gb']:.2f} GB)"
+                )
             if kind == "profile":
                 extra = "  under cProfile: " + ", ".join(f"{k} {100 * v:.0f} %" for k, v in result["shares"].items())
             print(

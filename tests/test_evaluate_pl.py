@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import anndata as ad
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -61,6 +62,52 @@ def test_evaluate_follows_squidpys_copy_rule_and_keeps_the_old_call_for_a_releas
         older = hist2st.tl.evaluate(adata, layer="hist2st", copy=True)
     pd.testing.assert_frame_equal(old, table)
     pd.testing.assert_frame_equal(older, table)
+
+
+def test_evaluate_scores_one_library_as_it_scores_it_among_others():
+    # one library is scored through a view of all rows, several through a mask of each one's rows
+    both = _predicted()
+    both.obsm["spatial"] = np.stack(np.divmod(np.arange(both.n_obs), 5), 1).astype(float)
+    both.uns["hist2st"]["median_total"] = 20.0
+    alone = both[both.obs["library_id"] == "b"].copy()
+    among = hist2st.tl.evaluate(both, copy=True).query("library == 'b'").reset_index(drop=True)
+    own = hist2st.tl.evaluate(alone, copy=True)
+    assert "moran_expected" in own and own["r"].notna().sum() == 3
+    pd.testing.assert_frame_equal(own.astype({"library": str}), among.astype({"library": str}))
+    # spatial_autocorr averages over libraries: two identical libraries give the figures of one
+    twin = alone.copy()
+    twin.obs_names = [f"{name}_twin" for name in twin.obs_names]
+    twin.obs["library_id"] = pd.Categorical(["twin"] * twin.n_obs)
+    doubled = ad.concat([alone, twin], uns_merge="first")
+    doubled.obs["library_id"] = doubled.obs["library_id"].astype("category")
+    pd.testing.assert_frame_equal(
+        hist2st.tl.spatial_autocorr(alone, copy=True), hist2st.tl.spatial_autocorr(doubled, copy=True)
+    )
+
+
+def test_evaluate_some_genes_normalises_by_all_predicted_genes():
+    adata = _predicted()
+    full = hist2st.tl.evaluate(adata, copy=True).set_index(["gene", "library"])
+    some = hist2st.tl.evaluate(adata, genes=["g2", "g0"], copy=True).set_index(["gene", "library"])
+    pd.testing.assert_frame_equal(some, full.loc[some.index])
+    adata.X[0, 1] = 0.5  # a gene not asked for still counts in every spot's total, so it is checked too
+    with pytest.raises(ValueError, match="non-integer"):
+        hist2st.tl.evaluate(adata, genes=["g0"], copy=True)
+
+
+def test_pearson_columns_in_blocks_equals_the_direct_formula():
+    from st_hist2st.tl._evaluate import pearson_columns
+
+    rng = np.random.default_rng(3)
+    pred = rng.normal(size=(5000, 1700))  # more values than one block: the columns go in three blocks
+    obs = 0.2 * pred + rng.normal(size=pred.shape)
+    pred[:, 900] = 2.0  # constant, in the second block
+    r, _ = pearson_columns(pred, obs)
+    pc, oc = pred - pred.mean(0), obs - obs.mean(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        direct = (pc * oc).sum(0) / np.sqrt((pc**2).sum(0) * (oc**2).sum(0))
+    np.testing.assert_allclose(r, direct, rtol=1e-12)
+    assert np.isnan(r[900]) and np.isfinite(np.delete(r, 900)).all()
 
 
 def test_evaluate_counts_constant_genes_as_nan():

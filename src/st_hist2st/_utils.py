@@ -128,6 +128,18 @@ def get_libraries(adata: AnnData, library_key: str | None) -> pd.Series:
     return libs.cat.remove_unused_categories()
 
 
+def library_rows(libs: pd.Series) -> Iterator[tuple[str, slice | np.ndarray]]:
+    """Each library of ``libs`` (from :func:`get_libraries`) with its rows.
+
+    The rows are a slice over all rows when there is one library, so that indexing with them takes a view.
+    """
+    if len(libs.cat.categories) == 1:
+        yield libs.cat.categories[0], slice(None)
+        return
+    for lib in libs.cat.categories:
+        yield lib, (libs == lib).to_numpy()
+
+
 def check_libraries(available: Sequence[str], requested: Sequence[str] | None, *, argument: str) -> list[str]:
     """Check that every requested library exists."""
     if requested is None:

@@ -37,16 +37,28 @@ def spot_totals(adata: AnnData, layer: str | None = None) -> np.ndarray:
     return np.asarray(get_matrix(adata, layer).sum(1), dtype=np.float64).reshape(-1)
 
 
+def counts_total(adata: AnnData, genes: list[str], layer: str | None = None) -> np.ndarray:
+    """Each spot's total count over ``genes``, checked as :func:`get_counts` checks, a block of genes at a time."""
+    total = np.zeros(adata.n_obs, dtype=np.float64)
+    step = max(1, 2**22 // max(adata.n_obs, 1))  # at most about 4 million values at once
+    for start in range(0, len(genes), step):
+        total += get_counts(adata, genes[start : start + step], layer).sum(1, dtype=np.float64)
+    return total
+
+
 def expression_targets(counts: np.ndarray, totals: np.ndarray | None = None) -> np.ndarray:
     """The Hist2ST target ``log10(1 + 1e4 * c / sum(c))`` per spot.
 
     The sum is over the given genes (the paper's), or ``totals`` per spot when given. Spots with no counts get
     zeros.
     """
-    counts = np.asarray(counts, dtype=np.float64)
-    total = counts.sum(1, keepdims=True) if totals is None else np.asarray(totals, dtype=np.float64).reshape(-1, 1)
-    scaled = np.divide(counts * 1e4, total, out=np.zeros_like(counts), where=total > 0)
-    return np.log10(1.0 + scaled).astype(np.float32)
+    target = np.array(counts, dtype=np.float64)  # one working copy, transformed in place
+    total = target.sum(1, keepdims=True) if totals is None else np.asarray(totals, dtype=np.float64).reshape(-1, 1)
+    target *= 1e4
+    np.divide(target, total, out=target, where=total > 0)
+    target[total[:, 0] <= 0] = 0.0
+    np.add(target, 1.0, out=target)
+    return np.log10(target, out=target).astype(np.float32)
 
 
 def size_factors(counts: np.ndarray, totals: np.ndarray | None = None) -> np.ndarray:

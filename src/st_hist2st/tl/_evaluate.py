@@ -12,9 +12,9 @@ from scipy import sparse, stats
 
 from st_hist2st._constants import Key
 from st_hist2st._data._graph import get_connectivities
-from st_hist2st._data._targets import expression_targets, get_counts, spot_totals
+from st_hist2st._data._targets import counts_total, expression_targets, get_counts, spot_totals
 from st_hist2st._deprecation import prediction_passed_as_layer, renamed_arguments
-from st_hist2st._utils import check_adata, check_not_view, check_var_names, get_libraries
+from st_hist2st._utils import check_adata, check_not_view, check_var_names, get_libraries, library_rows
 from st_hist2st.tl._moran import expected_morans_i, morans_i
 
 logger = logging.getLogger(__name__)
@@ -53,17 +53,21 @@ def recorded_median_total(adata: AnnData, key: str) -> float | None:
     return info.get("median_total") if isinstance(info, dict) else None
 
 
-def observed_targets(adata: AnnData, key: str, layer: str | None) -> pd.DataFrame:
-    """Observed expression (raw counts in ``layer``) of the genes predicted in ``layers[key]``, as the targets.
+def observed_targets(adata: AnnData, key: str, layer: str | None, genes: Sequence[str] | None = None) -> pd.DataFrame:
+    """Observed expression (raw counts in ``layer``) of ``genes`` as the targets; default the predicted genes.
 
     Normalised by each spot's total over the predicted genes, or over all genes where the model was trained
     with ``normalize_over='all'`` (recorded in ``uns[key]``).
     """
-    genes = predicted_genes(adata, key)
-    counts = get_counts(adata, genes, layer)
+    predicted = predicted_genes(adata, key)
+    genes = predicted if genes is None else list(genes)
     info = adata.uns.get(key)
     over = info.get("normalize_over", "genes") if isinstance(info, dict) else "genes"
-    totals = spot_totals(adata, layer) if over == "all" else None
+    if over == "all":
+        totals = spot_totals(adata, layer)
+    else:  # over the predicted genes: their sum in the targets' own pass when they are all asked for
+        totals = None if genes == predicted else counts_total(adata, predicted, layer)
+    counts = get_counts(adata, genes, layer)
     return pd.DataFrame(expression_targets(counts, totals), index=adata.obs_names, columns=genes)
 
 
@@ -115,10 +119,15 @@ def covered(obs: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> tuple[np.n
 def pearson_columns(pred: np.ndarray, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pearson r and two-sided p-value per column; NaN where either column is constant."""
     n = pred.shape[0]
-    pc, oc = pred - pred.mean(0), obs - obs.mean(0)
-    denom = np.sqrt((pc**2).sum(0) * (oc**2).sum(0))
+    r = np.empty(pred.shape[1])
+    step = max(1, 2**22 // max(n, 1))  # at most about 4 million values at once
+    for start in range(0, pred.shape[1], step):
+        block = slice(start, start + step)
+        pc, oc = pred[:, block] - pred[:, block].mean(0), obs[:, block] - obs[:, block].mean(0)
+        denom = np.sqrt((pc**2).sum(0) * (oc**2).sum(0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r[block] = np.where(denom > 0, (pc * oc).sum(0) / denom, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(denom > 0, (pc * oc).sum(0) / denom, np.nan)
         r = np.clip(r, -1.0, 1.0)
         t = r * np.sqrt(max(n - 2, 0) / np.maximum(1 - r**2, 1e-300))
     p = 2 * stats.t.sf(np.abs(t), df=max(n - 2, 1)) if n > 2 else np.full_like(r, np.nan)
@@ -199,17 +208,15 @@ def evaluate(
     if copy is not True:
         check_not_view(adata)
     key_added = f"{key}_pearson" if key_added is None else key_added
-    observed = observed_targets(adata, key, layer)
     genes = chosen_genes(adata, key, genes)
+    obs = observed_targets(adata, key, layer, genes).to_numpy(np.float64)
     pred = np.asarray(adata[:, genes].layers[key], dtype=np.float64)
-    obs = observed[genes].to_numpy(np.float64)
     libs = get_libraries(adata, library_key)
     conn = spot_graph(adata, library_key, connectivity_key, spatial_key) if moran else None
     total = recorded_median_total(adata, key)
     intervals = interval_layers(adata, key, genes)
     rows, summary = [], {}
-    for lib in libs.cat.categories:
-        idx = (libs == lib).to_numpy()
+    for lib, idx in library_rows(libs):
         r, p = pearson_columns(pred[idx], obs[idx])
         row = pd.DataFrame({"gene": genes, "library": lib, "r": r, "pvalue": p})
         summary[str(lib)] = {

@@ -32,7 +32,8 @@ def morans_i(graph: sparse.spmatrix, values: np.ndarray) -> np.ndarray:
     out = np.full(values.shape[1], np.nan)
     if graph.nnz and (~constant).any():
         with torch_threads_kept():
-            out[~constant] = sc.metrics.morans_i(sparse.csr_matrix(graph), values[:, ~constant].T)
+            varying = values if not constant.any() else values[:, ~constant]
+            out[~constant] = sc.metrics.morans_i(sparse.csr_matrix(graph), varying.T)
     return out
 
 

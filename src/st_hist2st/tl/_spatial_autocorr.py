@@ -9,7 +9,7 @@ import pandas as pd
 from anndata import AnnData
 
 from st_hist2st._constants import Key
-from st_hist2st._utils import check_adata, check_not_view, get_libraries
+from st_hist2st._utils import check_adata, check_not_view, get_libraries, library_rows
 from st_hist2st.tl._evaluate import chosen_genes, recorded_median_total, spot_graph
 from st_hist2st.tl._moran import checked_median_total, expected_morans_i
 
@@ -92,8 +92,7 @@ def spatial_autocorr(
         raise ValueError(f"`adata.layers[{key!r}]` holds NaN or infinite values for the genes to rank.")
     libs = get_libraries(adata, library_key)
     per_library = []
-    for lib in libs.cat.categories:
-        idx = (libs == lib).to_numpy()
+    for _, idx in library_rows(libs):
         per_library.append(expected_morans_i(graph[idx][:, idx], pred[idx], total))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a gene constant in every section stays NaN
