@@ -253,6 +253,19 @@ def test_graph_infers_each_librarys_grid_and_layout_on_its_own():
         build_connectivities(both, library_key="section")
 
 
+def test_scoring_graph_keeps_a_spatialdata_tables_regions_apart():
+    from st_hist2st.tl._evaluate import spot_graph
+
+    # a SpatialData table names its sections by its region key, not library_id; their spots share a pixel frame
+    adata = hist2st.datasets.synthetic(n_libraries=2, shape=(6, 6), n_genes=3, layout="visium")
+    adata.obs["region"] = adata.obs.pop("library_id").astype(str)
+    adata.uns["spatialdata_attrs"] = {"region": ["S0", "S1"], "region_key": "region", "instance_key": "cell"}
+    graph = spot_graph(adata, "library_id", "spatial_connectivities", "spatial")
+    rows, cols = graph.nonzero()
+    region = adata.obs["region"].to_numpy()
+    assert graph.nnz > 0 and (region[rows] == region[cols]).all()
+
+
 def test_graph_warns_when_a_library_gets_no_edges():
     # array indices in steps of 5 (a subsampled array): no spot is within the paper's 2 grid units of another
     adata = _grid(3, 3)
