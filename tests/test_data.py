@@ -266,6 +266,17 @@ def test_scoring_graph_keeps_a_spatialdata_tables_regions_apart():
     assert graph.nnz > 0 and (region[rows] == region[cols]).all()
 
 
+def test_training_sections_of_a_spatialdata_table_get_their_own_graphs():
+    # the same table as above, prepared for training: before, its regions were one section to the graph builder,
+    # and the check for edges between sections refused the graph it had built itself
+    adata = hist2st.datasets.synthetic(n_libraries=2, shape=(6, 6), n_genes=3, layout="visium")
+    adata.obs["region"] = adata.obs.pop("library_id").astype(str)
+    adata.uns["spatialdata_attrs"] = {"region": ["S0", "S1"], "region_key": "region", "instance_key": "cell"}
+    sections = _prepare(adata)
+    assert [len(s.coords) for s in sections] == [36, 36]
+    assert all(s.edge_index.shape[1] > 2 * len(s.coords) for s in sections)
+
+
 def test_graph_warns_when_a_library_gets_no_edges():
     # array indices in steps of 5 (a subsampled array): no spot is within the paper's 2 grid units of another
     adata = _grid(3, 3)

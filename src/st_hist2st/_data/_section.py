@@ -332,7 +332,7 @@ def prepare_sections(
     )
     conn = get_connectivities(
         adata,
-        library_key=library_key if library_key in adata.obs else None,
+        library_key=library_key,
         connectivity_key=connectivity_key,
         spatial_key=spatial_key,
         layout=layout,
