@@ -140,6 +140,16 @@ def library_rows(libs: pd.Series) -> Iterator[tuple[str, slice | np.ndarray]]:
         yield lib, (libs == lib).to_numpy()
 
 
+def column_blocks(n_rows: int, n_cols: int) -> Iterator[slice]:
+    """Slices over ``n_cols`` columns of ``n_rows`` rows, each block at most about 4 million values.
+
+    For per-column work on a (spots x genes) array that needs no whole-size temporary.
+    """
+    step = max(1, 2**22 // max(n_rows, 1))
+    for start in range(0, n_cols, step):
+        yield slice(start, start + step)
+
+
 def check_libraries(available: Sequence[str], requested: Sequence[str] | None, *, argument: str) -> list[str]:
     """Check that every requested library exists."""
     if requested is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from anndata import AnnData
 
-from st_hist2st._utils import get_matrix, to_dense
+from st_hist2st._utils import column_blocks, get_matrix, to_dense
 
 
 def get_counts(adata: AnnData, genes: list[str], layer: str | None = None) -> np.ndarray:
@@ -40,9 +40,8 @@ def spot_totals(adata: AnnData, layer: str | None = None) -> np.ndarray:
 def counts_total(adata: AnnData, genes: list[str], layer: str | None = None) -> np.ndarray:
     """Each spot's total count over ``genes``, checked as :func:`get_counts` checks, a block of genes at a time."""
     total = np.zeros(adata.n_obs, dtype=np.float64)
-    step = max(1, 2**22 // max(adata.n_obs, 1))  # at most about 4 million values at once
-    for start in range(0, len(genes), step):
-        total += get_counts(adata, genes[start : start + step], layer).sum(1, dtype=np.float64)
+    for block in column_blocks(adata.n_obs, len(genes)):
+        total += get_counts(adata, genes[block], layer).sum(1, dtype=np.float64)
     return total
 
 

@@ -14,7 +14,14 @@ from st_hist2st._constants import Key
 from st_hist2st._data._graph import get_connectivities
 from st_hist2st._data._targets import counts_total, expression_targets, get_counts, spot_totals
 from st_hist2st._deprecation import prediction_passed_as_layer, renamed_arguments
-from st_hist2st._utils import check_adata, check_not_view, check_var_names, get_libraries, library_rows
+from st_hist2st._utils import (
+    check_adata,
+    check_not_view,
+    check_var_names,
+    column_blocks,
+    get_libraries,
+    library_rows,
+)
 from st_hist2st.tl._moran import expected_morans_i, morans_i
 
 logger = logging.getLogger(__name__)
@@ -120,9 +127,7 @@ def pearson_columns(pred: np.ndarray, obs: np.ndarray) -> tuple[np.ndarray, np.n
     """Pearson r and two-sided p-value per column; NaN where either column is constant."""
     n = pred.shape[0]
     r = np.empty(pred.shape[1])
-    step = max(1, 2**22 // max(n, 1))  # at most about 4 million values at once
-    for start in range(0, pred.shape[1], step):
-        block = slice(start, start + step)
+    for block in column_blocks(*pred.shape):
         pc, oc = pred[:, block] - pred[:, block].mean(0), obs[:, block] - obs[:, block].mean(0)
         denom = np.sqrt((pc**2).sum(0) * (oc**2).sum(0))
         with np.errstate(invalid="ignore", divide="ignore"):

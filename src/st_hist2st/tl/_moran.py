@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import sparse, stats
 
-from st_hist2st._utils import torch_threads_kept
+from st_hist2st._utils import column_blocks, torch_threads_kept
 
 #: Up to this mean count the mean and variance of the target are summed over the Poisson distribution (on a
 #: grid of means); above it the delta method is within 0.2 % of that sum.
@@ -99,9 +99,7 @@ def signal_share(predicted: np.ndarray, median_total: float) -> np.ndarray:
     neither varies nor has counts.
     """
     signal, noise = np.zeros(predicted.shape[1]), np.zeros(predicted.shape[1])
-    step = max(1, 2**22 // max(len(predicted), 1))  # at most about 4 million values at once
-    for start in range(0, predicted.shape[1], step):
-        block = slice(start, start + step)
+    for block in column_blocks(*predicted.shape):
         expressed = np.clip(predicted[:, block], 0.0, None)
         signal[block] = expressed.var(0)
         noise[block] = poisson_target_variance(expressed, median_total).mean(0)
