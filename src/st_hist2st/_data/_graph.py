@@ -135,12 +135,13 @@ def build_connectivities(
     libraries = get_libraries(adata, library_key)
     positions = grid_positions(adata, spatial_key, libraries) if positions is None else positions
     spatial = get_spatial(adata, spatial_key) if layout != "st" else None
+    lattice = positions.astype(np.float64)
     rows, cols, built = [], [], set()
     for lib in libraries.cat.categories:
         idx = np.flatnonzero((libraries == lib).to_numpy())
         own = detect_layout(positions[idx]) if layout == "auto" else layout
         built.add(own)
-        coords = spatial if own == "visium" else positions.astype(np.float64)
+        coords = spatial if own == "visium" else lattice
         # the neighbour queries break ties (spots equally far, at array borders) by input order: query the spots in
         # the order of their grid position, so that the graph does not depend on the order of adata's rows
         idx = idx[np.lexsort((coords[idx, 1], coords[idx, 0], positions[idx, 0], positions[idx, 1]))]
